@@ -123,7 +123,7 @@ class LogLine:
     "One line of a job's log."
     seq: int  # Position in the job's log, from 1
     ts: float  # Epoch seconds
-    level: str  # Logging level name; "PRINT" for stdout lines
+    level: str  # Logging level name; stdout lines are "INFO"
     message: str  # The line's text, never markup
     source: str = "log"  # "log" for logging records, "stdout" for print() output
     logger: str = ""  # Logger name for logging records

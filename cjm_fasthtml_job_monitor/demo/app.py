@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import sysconfig
@@ -16,7 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, List, Optional, Sequence
 
-from fasthtml.common import (A, Body, Div, FastHTML, H1, H2, Li, Link, Main, P, Script, Span, Strong, Title,
+from fasthtml.common import (A, Body, Div, FastHTML, H1, H2, Li, Link, Main, Meta, P, Script, Span, Strong, Title,
                              Ul, fast_app, to_xml)
 from starlette.responses import FileResponse, Response
 
@@ -26,14 +27,15 @@ from cjm_plugin_system.core.queue import JobQueue
 from cjm_workflow_state.state_store import SQLiteWorkflowStateStore
 
 from ..components.modal import get_sse_headers
-from .plugin import ArchivePlugin, write_plugin_manifest
+from .plugin import ARCHIVE_PLUGIN_NAME, ArchivePlugin, write_plugin_manifest
 from ..models import JobMonitorConfig
 from ..routes.init import check_inflight_job, get_workflow_session_id, init_job_monitor_routes
 from ..services.monitor import JobMonitorService
 
 # %% auto #0
-__all__ = ['logger', 'WORKFLOW_ID', 'STEP_ID', 'STATE_KEY', 'RESULTS_KEY', 'CONTENT_ID', 'RESULTS_ID', 'CDN_ASSETS',
-           'default_data_dir', 'default_source', 'render_results', 'create_demo_app', 'parse_args', 'main']
+__all__ = ['logger', 'WORKFLOW_ID', 'STEP_ID', 'STATE_KEY', 'RESULTS_KEY', 'CONTENT_ID', 'RESULTS_ID', 'HTMX_VERSION',
+           'DEMO_ASSETS', 'NPM_PACKAGES', 'default_data_dir', 'default_source', 'render_results', 'create_demo_app',
+           'parse_args', 'main']
 
 # %% ../../nbs/demo/app.ipynb #ad532ba3
 logger = logging.getLogger(__name__)
@@ -43,13 +45,17 @@ RESULTS_KEY = "last_results"
 CONTENT_ID = "archive-content"
 RESULTS_ID = "archive-results"
 
-# CDN assets the page loads, pinned to exact versions. `--assets DIR` serves the
-# same files from an npm install in DIR (node_modules/...) for machines offline.
-CDN_ASSETS = {
-    "daisyui@5/daisyui.css": "https://cdn.jsdelivr.net/npm/daisyui@5/daisyui.css",
-    "daisyui@5/themes.css": "https://cdn.jsdelivr.net/npm/daisyui@5/themes.css",
-    "@tailwindcss/browser@4/dist/index.global.js": "https://cdn.jsdelivr.net/npm/@tailwindcss/browser@4/dist/index.global.js",
+# Front-end files the page loads, pinned to exact versions: name -> (npm package, version, file).
+# By default they come from the jsDelivr CDN. `--assets DIR` serves them from an npm install in DIR
+# (DIR/node_modules/...), together with htmx and the SSE extension, for machines without internet.
+HTMX_VERSION = "2.0.7"  # The htmx release that FastHTML 0.14 loads
+DEMO_ASSETS = {
+    "htmx": ("htmx.org", HTMX_VERSION, "dist/htmx.min.js"),
+    "daisyui": ("daisyui", "5.8.1", "daisyui.css"),
+    "daisyui-themes": ("daisyui", "5.8.1", "themes.css"),
+    "tailwind": ("@tailwindcss/browser", "4.3.3", "dist/index.global.js"),
 }
+NPM_PACKAGES = sorted({f"{pkg}@{ver}" for pkg, ver, _ in DEMO_ASSETS.values()} | {"htmx-ext-sse@2.2.4"})
 
 # %% ../../nbs/demo/app.ipynb #2e447e6c
 def default_data_dir() -> Path:
@@ -100,7 +106,7 @@ def create_demo_app(
     queue = JobQueue(manager, progress_poll_interval=progress_poll_interval, cancel_timeout=5.0)
     service = JobMonitorService(queue, manager)
     store = SQLiteWorkflowStateStore(data_dir / "workflow_state.db")
-    plugin_name = ArchivePlugin.PLUGIN_NAME
+    plugin_name = ARCHIVE_PLUGIN_NAME
 
     def job_args_builder(state_store, workflow_id, session_id):
         return [((), {"source": str(s), "output_dir": str(output_dir)}) for s in sources]
@@ -133,12 +139,12 @@ def create_demo_app(
         reset_config()
         logger.info("Demo stopped; workers unloaded")
 
-    hdrs = [*_asset_headers(assets_dir), *get_sse_headers()]
-    app, rt = fast_app(pico=False, surreal=False, hdrs=hdrs, on_startup=[startup], on_shutdown=[shutdown],
-                       key_fname=str(data_dir / ".sesskey"), title="Job monitor demo",
-                       htmlkw={"data-theme": "light"})
+    files = _check_assets(Path(assets_dir)) if assets_dir is not None else None
+    app, rt = fast_app(pico=False, surreal=False, default_hdrs=files is None, hdrs=_asset_headers(files),
+                       on_startup=[startup], on_shutdown=[shutdown], key_fname=str(data_dir / ".sesskey"),
+                       title="Job monitor demo", htmlkw={"data-theme": "light"})
     router.to_app(app)
-    if assets_dir is not None: _mount_assets(app, Path(assets_dir))
+    if files is not None: _mount_assets(app, files)
 
     @rt("/")
     def index(sess):
@@ -160,25 +166,45 @@ def create_demo_app(
     return app
 
 # %% ../../nbs/demo/app.ipynb #3fb38d71
-def _asset_headers(assets_dir: Optional[Path]) -> List[Any]:
-    base = "/_assets/" if assets_dir is not None else None
-    def url(key): return base + key if base else CDN_ASSETS[key]
-    return [Link(rel="stylesheet", href=url("daisyui@5/daisyui.css")),
-            Link(rel="stylesheet", href=url("daisyui@5/themes.css")),
-            Script(src=url("@tailwindcss/browser@4/dist/index.global.js"))]
+def _check_assets(assets_dir: Path) -> dict:
+    "Find each demo asset in `assets_dir`/node_modules and check its version; raise with the fix when one is wrong."
+    modules = assets_dir.resolve() / "node_modules"
+    found = {}
+    for name, (package, version, file) in DEMO_ASSETS.items():
+        meta = modules / package / "package.json"
+        installed = json.loads(meta.read_text()).get("version") if meta.is_file() else None
+        if installed != version:
+            raise SystemExit(f"--assets {assets_dir}: {package} {installed or 'is missing'}, expected {version}. "
+                             f"Run: npm install --prefix {assets_dir} {' '.join(NPM_PACKAGES)}")
+        found[name] = modules / package / file
+    sse = modules / "htmx-ext-sse" / "dist" / "sse.min.js"
+    if not sse.is_file():
+        raise SystemExit(f"--assets {assets_dir}: htmx-ext-sse is missing. "
+                         f"Run: npm install --prefix {assets_dir} {' '.join(NPM_PACKAGES)}")
+    found["htmx-ext-sse"] = sse
+    return found
 
-def _mount_assets(app: FastHTML, assets_dir: Path) -> None:
-    modules = (assets_dir / "node_modules").resolve()
+def _asset_headers(files: Optional[dict]) -> List[Any]:
+    "Return the page headers: CDN URLs, or the local routes of `files` from `_check_assets`."
+    if files is None:
+        urls = {name: f"https://cdn.jsdelivr.net/npm/{pkg}@{ver}/{file}" for name, (pkg, ver, file) in DEMO_ASSETS.items()}
+        local = []
+    else:
+        # Local URLs carry no file extension: fast_app's catch-all static route would take them otherwise.
+        urls = {name: f"/_assets/{name}" for name in DEMO_ASSETS}
+        local = [Meta(charset="utf-8"), Meta(name="viewport", content="width=device-width, initial-scale=1")]
+    css = [Link(rel="stylesheet", href=urls[name]) for name in ("daisyui", "daisyui-themes")]
+    scripts = [Script(src=urls["tailwind"])]
+    if files is not None: scripts.insert(0, Script(src=urls["htmx"]))
+    sse = get_sse_headers(sse_ext_file=files["htmx-ext-sse"]) if files is not None else get_sse_headers()
+    return [*local, *css, *scripts, *sse]
 
-    @app.route("/_assets/{path:path}")
-    def asset(path: str):
-        package, _, rest = path.partition("@")
-        if path.startswith("@"):  # scoped package: @scope/name@version/file
-            scope_name, _, tail = path[1:].partition("@")
-            package, rest = "@" + scope_name, tail
-        file = (modules / package / rest.partition("/")[2]).resolve()
-        if not file.is_file() or modules not in file.parents: return Response("Not found", status_code=404)
-        return FileResponse(file)
+def _mount_assets(app: FastHTML, files: dict) -> None:
+    "Serve the checked asset files at /_assets/<name>."
+    @app.route("/_assets/{name}")
+    def asset(name: str):
+        if name not in DEMO_ASSETS: return Response("Not found", status_code=404)
+        return FileResponse(files[name], media_type="text/css" if name.startswith("daisyui") else "text/javascript")
 
 # %% ../../nbs/demo/app.ipynb #e4db05ac
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -192,7 +218,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--source", type=Path, action="append", default=None,
                         help="Folder to archive; repeat for a sequence of jobs (default: the Python standard library)")
     parser.add_argument("--assets", type=Path, default=None,
-                        help="Serve daisyUI and Tailwind from DIR/node_modules instead of the CDN")
+                        help="Serve htmx, its SSE extension, daisyUI and Tailwind from DIR/node_modules (an npm "
+                             "install) instead of the jsDelivr CDN, for machines without internet")
     args = parser.parse_args(argv)
     args.source = args.source or [default_source()]
     for source in args.source:
@@ -205,6 +232,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     import uvicorn
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per worker poll otherwise
     app = create_demo_app(args.data_dir, args.source, assets_dir=args.assets)
     print(f"Job monitor demo on http://{args.host}:{args.port}/ (data dir {args.data_dir}); Ctrl-C stops it.", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")

@@ -26,7 +26,9 @@ from starlette.requests import Request
 
 from cjm_workflow_state.state_store import SQLiteWorkflowStateStore
 
-from ..components.modal import render_footer_oob, render_job_modal
+from cjm_fasthtml_job_monitor.components.modal import (
+    STATIC_PATH, render_footer_oob, render_job_modal, render_sse_connection, static_response,
+)
 from ..components.overlay import render_job_overlay, render_job_overlay_placeholder
 from ..components.tabs.logs_tab import render_log_append_oob, render_logs_tab
 from ..components.tabs.progress_tab import render_progress_tab
@@ -134,18 +136,19 @@ class _Channel:
 # %% ../../nbs/routes/init.ipynb #04e48098
 class _EtaEstimator:
     def __init__(self, window: int = 4, tolerance: float = 0.25):
-        self._recent: Deque[float] = deque(maxlen=window)
+        self._totals: Deque[float] = deque(maxlen=window)
         self._tolerance = tolerance
 
     def update(self, progress: Optional[float], elapsed_s: Optional[float]) -> Optional[float]:
+        "Record one sample and return the seconds remaining, or None while there is no stable estimate."
         if progress is None or elapsed_s is None or progress < 0.05 or elapsed_s < 5 or progress >= 1:
-            self._recent.clear()
+            self._totals.clear()
             return None
-        estimate = elapsed_s * (1 - progress) / progress
-        self._recent.append(estimate)
-        if len(self._recent) < self._recent.maxlen: return None
-        low, high = min(self._recent), max(self._recent)
-        return estimate if high <= low * (1 + self._tolerance) + 1.0 else None
+        self._totals.append(elapsed_s / progress)
+        if len(self._totals) < self._totals.maxlen: return None
+        low, high = min(self._totals), max(self._totals)
+        if high > low * (1 + self._tolerance): return None
+        return max(0.0, sum(self._totals) / len(self._totals) - elapsed_s)
 
 # %% ../../nbs/routes/init.ipynb #b8f5fc03
 _HISTORY_LEN = 120  # Resource samples kept for the sparklines
@@ -360,7 +363,8 @@ class _SequenceRunner:
         self.hub.end_sequence(self, extra_html=extra, delivered=delivered)
         terminal = [self.render_progress(), self.render_footer(), self.render_live(status)]
         if self.resources is not None: terminal.append(self.render_resources())
-        terminal.append(to_xml(render_job_overlay_placeholder(self.hub.ids)))
+        terminal.append(self.hub.render_overlay_placeholder_oob())
+        terminal.append(self.hub.render_inert_connection())
         if status != "completed" or self.hub.restore_trigger_on_complete:
             terminal.append(to_xml(self.hub.render_trigger_oob()))
         terminal.append(extra)
@@ -395,6 +399,18 @@ class _MonitorHub:
     def render_log_line(self, line: LogLine) -> str:
         from cjm_fasthtml_job_monitor.components.tabs.logs_tab import render_log_line
         return to_xml(render_log_line(line))
+
+    def render_overlay_placeholder_oob(self) -> str:
+        "Render the overlay's placeholder as an out-of-band swap, which removes the overlay."
+        placeholder = render_job_overlay_placeholder(self.ids)
+        placeholder.attrs["hx-swap-oob"] = "true"
+        return to_xml(placeholder)
+
+    def render_inert_connection(self) -> str:
+        "Render the SSE connection element without a connection, as an out-of-band swap."
+        inert = render_sse_connection(self.ids, self.urls, "", is_active=False)
+        inert.attrs["hx-swap-oob"] = "true"
+        return to_xml(inert)
 
     def render_trigger_oob(self) -> FT:
         trigger = render_job_trigger(self.config, self.ids, self.urls, icon_fn=self.icon_fn)
@@ -548,6 +564,13 @@ async def _viewer_stream(runner: _SequenceRunner, last_event_id: Optional[str], 
     finally:
         channel.viewers -= 1
 
+# %% ../../nbs/routes/init.ipynb #1cff20cc
+async def _idle_stream(hub: "_MonitorHub"):
+    "Yield the one message that returns a viewer's page to the idle state, then `done`."
+    html = to_xml(hub.render_trigger_oob()) + hub.render_overlay_placeholder_oob() + hub.render_inert_connection()
+    yield format_sse(f"<div>{html}</div>", retry_ms=SSE_RETRY_MS)
+    yield format_sse("", event="done")
+
 # %% ../../nbs/routes/init.ipynb #a71739c5
 def _validate_jobs(jobs: Any) -> List[Tuple[tuple, dict]]:
     if not isinstance(jobs, (list, tuple)) or not jobs:
@@ -600,9 +623,11 @@ def init_job_monitor_routes(
                       restore_trigger_on_complete)
     hub.overlay_target_id = overlay_target_id
     _HUBS.setdefault(monitor_service, {})[hub.key()] = hub
-    router = APIRouter(prefix=prefix)
+    # The prefix goes on each path rather than on the router, so that the router can also serve the
+    # library's static files at the fixed STATIC_PATH that get_sse_headers() points at.
+    router = APIRouter()
 
-    @router.post("/trigger")
+    @router.post(prefix + "/trigger")
     async def trigger(request: Request, sess):
         if not is_same_origin_request(request): return Response("Cross-site request rejected.", status_code=403)
         session_id = get_workflow_session_id(sess)
@@ -612,16 +637,20 @@ def init_job_monitor_routes(
                 return _html(_inflight_oob(hub, runner, open_modal=True))
             return await _start_sequence(hub, session_id, request, sess)
 
-    @router.get("/progress")
+    @router.get(prefix + "/progress")
     async def progress(request: Request, sess, job_id: str = ""):
         session_id = get_workflow_session_id(sess)
         runner = hub.runner_for(session_id, include_finished=True) or _adopt_tracker(hub, session_id, request, sess)
-        if runner is None or job_id not in runner.job_ids:
-            return Response(status_code=204)  # tells the browser's EventSource not to reconnect
-        stream = _viewer_stream(runner, request.headers.get("last-event-id"), config.heartbeat_s)
+        if runner is None or (job_id not in runner.job_ids and runner.outcome is not None):
+            # A 204 would not stop the htmx SSE extension: it reconnects for as long as the connection
+            # element is in the page. The idle stream replaces that element, restores the trigger and
+            # ends with `done`. It carries nothing about the requested job, which may be another session's.
+            stream = _idle_stream(hub)
+        else:
+            stream = _viewer_stream(runner, request.headers.get("last-event-id"), config.heartbeat_s)
         return StreamingResponse(stream, media_type="text/event-stream", headers=SSE_HEADERS)
 
-    @router.post("/cancel")
+    @router.post(prefix + "/cancel")
     async def cancel(request: Request, sess, job_id: str = ""):
         if not is_same_origin_request(request): return Response("Cross-site request rejected.", status_code=403)
         session_id = get_workflow_session_id(sess)
@@ -636,7 +665,7 @@ def init_job_monitor_routes(
             return _html(_error_oob(ids, f"Cancelling the job failed: {e}"))
         return Response(status_code=204)
 
-    @router.get("/log")
+    @router.get(prefix + "/log")
     async def log(request: Request, sess, job_id: str = ""):
         session_id = get_workflow_session_id(sess)
         if not job_id or not hub.owns_job(session_id, job_id):
@@ -646,7 +675,7 @@ def init_job_monitor_routes(
                         headers={"Content-Disposition": f'attachment; filename="job-{job_id[:8]}.log"',
                                  "Cache-Control": "no-store"})
 
-    @router.get("/outcome")
+    @router.get(prefix + "/outcome")
     async def outcome(request: Request, sess):
         session_id = get_workflow_session_id(sess)
         try:
@@ -659,6 +688,10 @@ def init_job_monitor_routes(
             logger.error("Reading the stored job outcome of session %s failed: %s", session_id, e)
             return _html("")
         return _html(stored["outcome_html"])
+
+    @router.get(STATIC_PATH + "/{fname}")
+    async def job_monitor_static(fname: str):
+        return static_response(fname)
 
     return router, urls, ids
 

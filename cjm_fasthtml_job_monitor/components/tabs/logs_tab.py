@@ -181,7 +181,7 @@ def render_logs_tab(
               cls=combine_classes(p._2, text_dui.base_content.opacity(60)))
     container = Div(
         empty,
-        Div(*elements, id=ids.log_lines),
+        Div(*elements, id=ids.log_lines, data_jm_log_lines="1"),
         id=ids.log_container,
         role="log",
         aria_live="off",
@@ -195,5 +195,6 @@ def render_logs_tab(
     return Div(
         _render_toolbar(ids, log_url, len(elements), total),
         container,
+        data_jm_log_root="1",
         cls=combine_classes(flex_display, flex_direction.col, gap._2, p.y._2),
     )

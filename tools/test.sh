@@ -125,6 +125,10 @@ failures=()
 # nbdev-clean rewrites notebooks in place, so the check runs in a snapshot of the
 # working tree (tracked files and untracked ones that git does not ignore) made into a throwaway
 # git repository. In a fresh clone that snapshot is the commit under test.
+# Repository checks (the export diff, README drift, the docs site build) count in the final line
+# next to the notebooks and pytest's tests.
+checks_passed=0
+checks_failed=0
 step "nbdev-clean and nbdev-export leave no diff"
 snapshot="$(mktemp -d -t cjm-export-check.XXXXXX)"
 git ls-files -z --cached --others --exclude-standard | while IFS= read -r -d '' file; do
@@ -148,8 +152,10 @@ if [ -n "$export_changes" ]; then
     git -C "$snapshot" --no-pager diff --stat -- nbs "$package_dir"
     git -C "$snapshot" --no-pager diff -- nbs "$package_dir" | tee "$artifacts/export-diff.txt" | head -n 400
     failures+=("nbdev-clean/nbdev-export left a diff")
+    checks_failed=$((checks_failed + 1))
 else
     echo "No diff."
+    checks_passed=$((checks_passed + 1))
 fi
 rm -rf "$snapshot"
 
@@ -184,6 +190,22 @@ if [ "${#notebooks[@]}" -eq 0 ] || [ -z "${notebooks[0]}" ]; then
 fi
 if [ "$notebooks_failed" -gt 0 ]; then
     failures+=("notebooks failed: ${failed_notebooks[*]}")
+fi
+
+# --- Documentation -------------------------------------------------------------------------------
+
+step "Documentation: README.md matches nbs/index.ipynb, and the site builds"
+if "$python" tools/readme.py --check; then
+    checks_passed=$((checks_passed + 1))
+else
+    failures+=("README.md differs from nbs/index.ipynb: run python tools/readme.py")
+    checks_failed=$((checks_failed + 1))
+fi
+if HOME="$test_home" "$python" tools/site.py --out "$artifacts/site"; then
+    checks_passed=$((checks_passed + 1))
+else
+    failures+=("tools/site.py could not build the docs site or found broken links")
+    checks_failed=$((checks_failed + 1))
 fi
 
 # --- pytest ------------------------------------------------------------------------------------
@@ -226,14 +248,15 @@ fi
 # --- Summary -------------------------------------------------------------------------------------
 
 step "Summary ($((SECONDS - started_at)) s)"
+echo "checks:    $checks_passed passed, $checks_failed failed (export diff, README, docs site)"
 echo "notebooks: $notebooks_passed passed, $notebooks_failed failed"
 echo "pytest:    $pytest_passed passed, $pytest_failed failed, $pytest_skipped skipped (junit xml: $junit_xml)"
 for failure in "${failures[@]}"; do
     echo "FAILED: $failure"
 done
 
-passed=$((notebooks_passed + pytest_passed))
-failed=$((notebooks_failed + pytest_failed))
+passed=$((checks_passed + notebooks_passed + pytest_passed))
+failed=$((checks_failed + notebooks_failed + pytest_failed))
 summary="$passed passed, $failed failed"
 if [ "$pytest_skipped" -gt 0 ]; then
     summary+=", $pytest_skipped skipped"

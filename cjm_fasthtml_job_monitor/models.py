@@ -48,7 +48,7 @@ class JobMonitorUrls:
     progress: str  # GET -- SSE stream of updates
     cancel: str  # POST -- cancel the running job
     log: str = ""  # GET -- the job's whole log as text
-    outcome: str = ""  # GET -- callback output stored while no viewer was connected
+    outcome: str = ""  # POST -- callback output stored while no viewer was connected
 
 # %% ../nbs/models.ipynb #6b2db98c
 @dataclass

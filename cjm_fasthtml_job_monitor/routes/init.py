@@ -9,18 +9,21 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import json
 import logging
-import math
 import re
 import sqlite3
 import time
 import uuid
 import weakref
-from collections import deque
-from dataclasses import dataclass, field
-from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Tuple
-from urllib.parse import urlsplit
+from collections import OrderedDict, deque
+from contextlib import aclosing, asynccontextmanager
+from html import escape
+from typing import Any, AsyncIterator, Callable, Deque, Dict, List, Optional, Sequence, Tuple
+from urllib.parse import quote, urlsplit
 
+import anyio.from_thread
+from fastcore.basics import patch
 from fasthtml.common import APIRouter, Div, FT, Response, Span, StreamingResponse, to_xml
 from starlette.requests import Request
 
@@ -30,15 +33,17 @@ from cjm_fasthtml_job_monitor.components.modal import (
     STATIC_PATH, render_footer_oob, render_job_modal, render_sse_connection, static_response,
 )
 from ..components.overlay import render_job_overlay, render_job_overlay_placeholder
-from ..components.tabs.logs_tab import render_log_append_oob, render_logs_tab
+from ..components.tabs.logs_tab import render_log_line, render_logs_tab
 from ..components.tabs.progress_tab import render_progress_tab
 from ..components.tabs.resources_tab import render_resources_tab
 from ..components.trigger import render_job_progress_button, render_job_trigger
 from ..html_ids import JobMonitorHtmlIds
 from cjm_fasthtml_job_monitor.models import (
-    JobMonitorConfig, JobMonitorUrls, JobView, LogLine, ResourceSnapshot, TERMINAL_STATUSES,
+    JobMonitorConfig, JobMonitorUrls, JobView, ResourceSnapshot, TERMINAL_STATUSES,
 )
-from ..services.monitor import JobMonitorService, LogCursor
+from cjm_fasthtml_job_monitor.services.monitor import (
+    LOG_SETTLE_S, STDOUT_GRACE_S, JobMonitorService, LogCursor,
+)
 
 # %% auto #0
 __all__ = ['logger', 'WORKFLOW_SESSION_KEY', 'TRACKER_FORMAT', 'SSE_RETRY_MS', 'SSE_HEADERS', 'get_workflow_session_id',
@@ -62,31 +67,66 @@ def get_workflow_session_id(
     return value
 
 # %% ../../nbs/routes/init.ipynb #629c10b7
-TRACKER_FORMAT = 2
+TRACKER_FORMAT = 2  # Layout version of the tracker and the outcome record
 
-def _read_tracker(store, workflow_id, session_id, step_id, state_key) -> Optional[dict]:
-    step = store.get_step_state(workflow_id, session_id, step_id)
-    tracker = step.get(state_key) if isinstance(step, dict) else None
-    return tracker if _tracker_is_valid(tracker) else None
+class _TrackerSlot:
+    "The step-state entry under `state_key` that contains one session's tracker or outcome record."
+    def __init__(self, store: SQLiteWorkflowStateStore, workflow_id: str, step_id: str, state_key: str):
+        self.store, self.workflow_id, self.step_id, self.state_key = store, workflow_id, step_id, state_key
 
-def _tracker_is_valid(tracker: Any) -> bool:
-    if not isinstance(tracker, dict): return False
-    job_ids = tracker.get("job_ids")
-    return (tracker.get("format") == TRACKER_FORMAT and isinstance(tracker.get("job_id"), str)
-            and isinstance(job_ids, list) and all(isinstance(j, str) for j in job_ids)
-            and isinstance(tracker.get("index"), int) and isinstance(tracker.get("total"), int)
-            and 0 <= tracker["index"] < max(tracker["total"], 1))
+    def read(self, session_id: str) -> Any:
+        "Return the stored value, or None; raises sqlite3.Error when the store fails."
+        step = self.store.get_step_state(self.workflow_id, session_id, self.step_id)
+        return step.get(self.state_key) if isinstance(step, dict) else None
 
-def _write_tracker(store, workflow_id, session_id, step_id, state_key, tracker: Optional[dict]) -> None:
-    store.update_step_state(workflow_id, session_id, step_id, {state_key: tracker})
+    def write(self, session_id: str, value: Optional[dict]) -> None:
+        "Store `value` (None removes the tracker); raises sqlite3.Error when the store fails."
+        self.store.update_step_state(self.workflow_id, session_id, self.step_id, {self.state_key: value})
 
-def _step_has_key(store, workflow_id, session_id, step_id, state_key) -> bool:
-    step = store.get_step_state(workflow_id, session_id, step_id)
-    return isinstance(step, dict) and step.get(state_key) is not None
+def _is_tracker(value: Any) -> bool:
+    if not isinstance(value, dict) or value.get("format") != TRACKER_FORMAT: return False
+    job_ids, index, total = value.get("job_ids"), value.get("index"), value.get("total")
+    if not (isinstance(job_ids, list) and job_ids and all(isinstance(j, str) for j in job_ids)): return False
+    if not (isinstance(index, int) and isinstance(total, int)): return False
+    return index == len(job_ids) - 1 and index < total and value.get("job_id") == job_ids[index]
+
+def _is_outcome_record(value: Any) -> bool:
+    return (isinstance(value, dict) and value.get("format") == TRACKER_FORMAT
+            and isinstance(value.get("outcome_html"), str))
+
+# %% ../../nbs/routes/init.ipynb #4f0d7a21
+def _validate_jobs(jobs: Any) -> List[Tuple[tuple, dict]]:
+    "Check the output of `job_args_builder` and return it as (args tuple, kwargs dict) pairs."
+    if not isinstance(jobs, (list, tuple)) or not jobs:
+        raise ValueError("job_args_builder must return a non-empty list of (args, kwargs) pairs, "
+                         f"got {type(jobs).__name__}.")
+    out = []
+    for i, item in enumerate(jobs):
+        if (not isinstance(item, (list, tuple)) or len(item) != 2 or not isinstance(item[0], (list, tuple))
+                or not isinstance(item[1], dict)):
+            raise ValueError(f"job_args_builder item {i} must be an (args, kwargs) pair with a tuple and a dict, "
+                             f"got {item!r:.80}.")
+        out.append((tuple(item[0]), dict(item[1])))
+    return out
+
+def _jobs_to_json(jobs: Sequence[Tuple[tuple, dict]]) -> Optional[list]:
+    "Return the jobs as [args, kwargs] lists, or None when any of them would not survive a JSON round trip."
+    pairs = [[list(args), kwargs] for args, kwargs in jobs]
+    try:
+        restored = json.loads(json.dumps(pairs))
+    except (TypeError, ValueError):
+        return None
+    return pairs if restored == pairs else None
+
+def _jobs_from_json(value: Any, total: int) -> Optional[List[Tuple[tuple, dict]]]:
+    if not isinstance(value, list) or len(value) != total: return None
+    try: return _validate_jobs(value)
+    except ValueError: return None
 
 # %% ../../nbs/routes/init.ipynb #7d2c89c9
 class _Channel:
-    def __init__(self, log_buffer: int):
+    "Rendered parts and log lines of one sequence, with a version counter that viewers wait on."
+    def __init__(self, log_buffer: int):  # Max rendered log lines kept for reconnecting viewers
         self.version = 0
         self.parts: Dict[str, Tuple[int, str]] = {}  # name -> (version, html)
         self.log_lines: Deque[Tuple[int, str]] = deque(maxlen=log_buffer)  # (log seq, html)
@@ -152,30 +192,42 @@ class _EtaEstimator:
 
 # %% ../../nbs/routes/init.ipynb #b8f5fc03
 _HISTORY_LEN = 120  # Resource samples kept for the sparklines
+_LOG_DRAIN_S = STDOUT_GRACE_S + LOG_SETTLE_S + 1.0  # Max seconds spent reading an ended job's last log lines
+_LOST_JOB_ERROR = "The job queue no longer has this job; the server may have stopped or restarted."
+_INTERNAL_ERROR = "The job monitor stopped following the job after an internal error; the server log has details."
 
 class _SequenceRunner:
-    def __init__(self, hub: "_MonitorHub", session_id: str, jobs: List[Tuple[tuple, dict]],
-                 job_ids: List[str], index: int, request: Any, sess: Any):
+    "Submits one session's jobs in order on the server, follows each one and ends the sequence once."
+    def __init__(self, hub: "_MonitorHub", session_id: str,
+                 jobs: Optional[List[Tuple[tuple, dict]]],  # Every job's (args, kwargs); None when not known
+                 total: int,  # Jobs in the sequence
+                 job_ids: Sequence[str],  # Ids of the jobs submitted so far; the last one is current
+                 request: Any, sess: Any,  # Passed to the callbacks
+                 results: Optional[List[Any]] = None):  # Results of the jobs before the current one
         self.hub, self.session_id = hub, session_id
         self.sequence_id = uuid.uuid4().hex[:12]
-        self.jobs, self.job_ids, self.index = jobs, job_ids, index
-        self.total = max(len(jobs), len(job_ids), 1)
+        self.jobs, self.total = jobs, max(total, len(job_ids), 1)
+        self.jobs_json = _jobs_to_json(jobs) if jobs is not None else None
+        self.job_ids = list(job_ids)
+        self.index = len(self.job_ids) - 1
         self.request, self.sess = request, sess
+        self.results: List[Any] = list(results or [])
         self.channel = _Channel(log_buffer=max(hub.config.log_dom_limit, hub.config.log_lines))
         self.view: Optional[JobView] = None
-        self.results: List[Any] = []
         self.history: Deque[ResourceSnapshot] = deque(maxlen=_HISTORY_LEN)
         self.resources: Optional[ResourceSnapshot] = None
         self.eta = _EtaEstimator()
         self.eta_s: Optional[float] = None
         self.cancel_requested = False
-        self.error_message: Optional[str] = None  # failure not carried by the job itself
+        self.error_message: Optional[str] = None  # Failure that the job itself does not carry
         self.first_started_at: Optional[float] = None
-        self.outcome: Optional[str] = None  # final status of the sequence
+        self.ending = False  # Set when the terminal step starts
+        self.outcome: Optional[str] = None  # Final status, set when the final update is published
+        self.outcome_stored = False  # True while an outcome record of this sequence waits in the state store
         self.finished = asyncio.Event()
         self.task: Optional[asyncio.Task] = None
         self._log_cursor: Optional[LogCursor] = None
-        self._log_line_offset = 0  # log seq numbering continues across the jobs of a sequence
+        self._log_line_offset = 0  # Log line numbers continue across the jobs of a sequence
 
     @property
     def job_id(self) -> str: return self.job_ids[self.index]
@@ -183,144 +235,100 @@ class _SequenceRunner:
     def start(self) -> None:
         self.task = asyncio.create_task(self._run(), name=f"job-monitor-sequence-{self.sequence_id}")
 
-    # --- rendering -----------------------------------------------------------
-
-    def label(self) -> str:
-        return f"Source {self.index + 1}/{self.total}" if self.total > 1 else ""
-
-    def aggregate_progress(self, view: Optional[JobView]) -> Optional[float]:
-        if view is None: return 0.0
-        if view.progress is None: return None if self.total == 1 else self.index / self.total
-        return (self.index + view.progress) / self.total
-
-    def render_progress(self, now: Optional[float] = None) -> str:
-        view = self.view
-        status = self.outcome or (view.status if view else "pending")
-        if status == "completed" and self.total > 1: message = f"Completed {self.total} jobs"
-        else: message = view.message if view else "Waiting to start"
-        if self.label() and status not in TERMINAL_STATUSES: message = f"{self.label()}: {message}"
-        error = self.error_message or (view.error.message if (view and view.error) else None)
-        if status != "failed": error = None
-        inner = render_progress_tab(
-            self.hub.ids, status=status, progress_value=self._progress_value(view, status),
-            status_message=message, started_at=self.started_at(), completed_at=self.completed_at(),
-            error_message=error, label=self.label(), now=now or time.time(), eta_s=self.eta_s)
-        return to_xml(Div(inner, id=self.hub.ids.tab_progress, hx_swap_oob="true"))
-
-    def _progress_value(self, view: Optional[JobView], status: str) -> float:
-        if status == "completed": return 1.0
-        value = self.aggregate_progress(view)
-        return -1.0 if value is None else value
-
-    def started_at(self) -> Optional[float]:
-        return self.first_started_at
-
-    def completed_at(self) -> Optional[float]:
-        return self.view.completed_at if (self.view and self.outcome) else None
-
-    def render_resources(self) -> str:
-        inner = render_resources_tab(self.resources, history=list(self.history))
-        return to_xml(Div(inner, id=self.hub.ids.tab_resources, hx_swap_oob="true"))
-
-    def render_footer(self) -> str:
-        active = self.outcome is None
-        return to_xml(render_footer_oob(self.hub.ids, self.hub.urls, is_active=active, job_id=self.job_id))
-
-    def render_logs_snapshot(self) -> str:
-        lines = [html for _, html in self.channel.log_lines][-self.hub.config.log_lines:]
-        inner = render_logs_tab(self.hub.ids, log_lines=[], log_url=self.hub.log_url(self.job_id),
-                                dom_limit=self.hub.config.log_dom_limit)
-        html = to_xml(Div(inner, id=self.hub.ids.tab_logs, hx_swap_oob="true"))
-        if lines: html += self._append_html(lines)
-        return html
-
-    def _append_html(self, rendered_lines: Sequence[str]) -> str:
-        return f'<div hx-swap-oob="beforeend:#{self.hub.ids.log_lines}">{"".join(rendered_lines)}</div>'
-
-    def render_live(self, status: str) -> str:
-        text = {"pending": "Job queued", "running": "Job running", "cancelling": "Cancelling job",
-                "completed": "Job completed", "failed": "Job failed", "cancelled": "Job cancelled"}.get(status, "")
-        return to_xml(Span(text, id=self.hub.ids.live_region, hx_swap_oob="innerHTML"))
-
-    def render_modal(self, open_on_render: bool) -> FT:
-        view = self.view
-        status = self.outcome or (view.status if view else "pending")
-        return render_job_modal(
-            self.hub.config, self.hub.ids, self.hub.urls, job_id=self.job_id, status=status,
-            progress_value=self._progress_value(view, status), status_message=(view.message if view else ""),
-            started_at=self.started_at(), completed_at=self.completed_at(), resources=self.resources,
-            open_on_render=open_on_render, log_url=self.hub.log_url(self.job_id), label=self.label(),
-            history=list(self.history), kb_system_id=self.hub.kb_system_id, now=time.time())
-
-    # --- the run -------------------------------------------------------------
-
     async def _run(self) -> None:
         try:
-            while True:
-                view = await self._follow_current_job()
-                if view is None:
-                    await self._finish("failed", lost=True)
-                    return
-                if view.status != "completed":
-                    await self._finish(view.status)
-                    return
-                self.results.append(view.result)
-                if self.index + 1 >= self.total:
-                    await self._finish("completed")
-                    return
-                if self.cancel_requested:
-                    await self._finish("cancelled")
-                    return
-                if not await self._submit_next():
-                    return
+            await self._run_jobs()
         except asyncio.CancelledError:
+            # The event loop is shutting down. The tracker stays, so the next process cleans it up.
+            self.hub.drop_runner(self)
             raise
         except Exception:
-            logger.exception("Job sequence %s of session %s failed in the monitor", self.sequence_id, self.session_id)
-            await self._finish("failed", lost=True)
+            logger.exception("Following job sequence %s (session %s, job %s) failed",
+                             self.sequence_id, self.session_id, self.job_id)
+            if not self.ending:
+                await self._finish("failed", error=_INTERNAL_ERROR)
+            else:
+                self._end_after_error()
 
-    async def _submit_next(self) -> bool:
+    def _end_after_error(self) -> None:
+        "End a sequence whose terminal step raised: drop it and return the viewers' pages to the idle state."
+        self.outcome = self.outcome or "failed"
+        self.hub.end_sequence(self, extra_html="")
+        if self.channel.terminal_html is None: self.channel.finish(self.hub.render_idle_html())
+        self.finished.set()
+
+    async def _run_jobs(self) -> None:
+        while True:
+            view = await self._follow_current_job()
+            ended_job_id = self.job_id
+            outcome, error = self._judge(view)
+            if outcome is None:  # the next job starts while the last lines of this one are read
+                error = await self._submit_next()
+                if error is not None: outcome = "failed"
+            await self._drain_logs(ended_job_id)
+            if outcome is not None:
+                return await self._finish(outcome, error=error)
+            self._log_cursor = None
+
+    def _judge(self, view: Optional[JobView]) -> Tuple[Optional[str], Optional[str]]:
+        "Return the sequence's (outcome, error) after a job ended, or (None, None) when the next job should start."
+        if view is None or not view.is_terminal: return "failed", _LOST_JOB_ERROR
+        if view.status != "completed": return view.status, None
+        self.results.append(view.result)
+        if self.index + 1 >= self.total: return "completed", None
+        if self.cancel_requested: return "cancelled", None
+        if self.jobs is None:
+            remaining = self.total - self.index - 1
+            return "failed", (f"The remaining {remaining} job(s) of this sequence could not be started: their "
+                              "arguments were not stored, because they cannot be saved as JSON.")
+        return None, None
+
+    async def _submit_next(self) -> Optional[str]:
+        "Submit the next job and make it current; return an error message when the submit fails."
+        number = self.index + 2
         args, kwargs = self.jobs[self.index + 1]
         try:
             job_id = await self.hub.service.submit_job(self.hub.plugin_name, *args, **kwargs)
         except Exception as e:
-            logger.warning("Submitting job %d/%d of sequence %s failed: %s", self.index + 2, self.total, self.sequence_id, e)
-            self.error_message = f"Job {self.index + 2} of {self.total} could not be started: {e}"
-            await self._finish("failed")
-            return False
+            logger.warning("Submitting job %d/%d of sequence %s (session %s) failed: %s",
+                           number, self.total, self.sequence_id, self.session_id, e)
+            return f"Job {number} of {self.total} could not be started: {e}"
         self.job_ids.append(job_id)
         self.index += 1
-        self._log_cursor = None
+        self.hub.remember_job(self.session_id, job_id)
         self.hub.save_tracker(self)
-        return True
+        if self.cancel_requested:  # the cancel arrived while the submit was in flight
+            await self.hub.service.cancel_job(job_id)
+        return None
 
     async def _follow_current_job(self) -> Optional[JobView]:
         job_id = self.job_id
-        poller = asyncio.create_task(self._poll_logs_and_resources(job_id))
+        poller = asyncio.create_task(self._poll_logs_and_resources(job_id),
+                                     name=f"job-monitor-poll-{self.sequence_id}")
         last: Optional[JobView] = None
         try:
-            async for view in self.hub.service.watch_job(job_id):
-                last = view
-                self._on_view(view)
+            async with aclosing(self.hub.service.watch_job(job_id)) as views:
+                async for view in views:
+                    last = view
+                    self._on_view(view)
         finally:
             poller.cancel()
-            try: await poller
-            except asyncio.CancelledError: pass
-        await self._read_logs(job_id)  # lines written just before the end
+            await asyncio.gather(poller, return_exceptions=True)
         return last
 
     def _on_view(self, view: JobView) -> None:
-        previous = self.view.status if self.view else None
+        previous = self.display_status()
         self.view = view
         if view.started_at is not None and self.first_started_at is None:
             self.first_started_at = view.started_at
         if view.is_terminal and view.status != "completed":
-            return  # the terminal update is published by _finish
-        elapsed = (time.time() - self.started_at()) if self.started_at() else None
+            return  # _finish publishes the sequence's end
+        elapsed = (time.time() - self.first_started_at) if self.first_started_at else None
         self.eta_s = self.eta.update(self.aggregate_progress(view), elapsed)
         self.channel.set_part("progress", self.render_progress())
-        if view.status != previous:
-            self.channel.set_part("live", self.render_live(view.status))
+        status = self.display_status()
+        if status != previous:
+            self.channel.set_part("live", self.render_live(status))
             self.channel.set_part("footer", self.render_footer())
 
     async def _poll_logs_and_resources(self, job_id: str) -> None:
@@ -337,6 +345,14 @@ class _SequenceRunner:
                 next_resources = time.monotonic() + config.resources_interval_s
             await asyncio.sleep(config.sse_interval_s)
 
+    async def _drain_logs(self, job_id: str) -> None:
+        "Read an ended job's last lines; its stdout can still arrive for a moment after it ends."
+        deadline = time.monotonic() + _LOG_DRAIN_S
+        while True:
+            await self._read_logs(job_id)
+            if (self._log_cursor is not None and self._log_cursor.complete) or time.monotonic() >= deadline: return
+            await asyncio.sleep(0.1)
+
     async def _read_logs(self, job_id: str) -> None:
         try:
             lines, self._log_cursor = await asyncio.to_thread(self.hub.service.read_job_log, job_id, self._log_cursor)
@@ -348,140 +364,308 @@ class _SequenceRunner:
         for line in lines:
             self._log_line_offset += 1
             line.seq = self._log_line_offset
-            rendered.append((line.seq, self.hub.render_log_line(line)))
+            rendered.append((line.seq, to_xml(render_log_line(line))))
         self.channel.add_log_lines(rendered)
 
-    async def _finish(self, status: str, lost: bool = False) -> None:
-        if self.outcome is not None: return
-        if status == "failed" and self.cancel_requested and self.view and self.view.status == "cancelled":
-            status = "cancelled"
-        self.outcome = status
-        if lost and self.error_message is None:
-            self.error_message = "The job is no longer known to the job queue."
+    async def _finish(self, status: str, error: Optional[str] = None) -> None:
+        if self.ending: return
+        self.ending = True
+        if error is not None: self.error_message = error
+        # The progress tab shows "Finishing" while the callback runs, which may take a while.
+        self.channel.set_part("progress", self.render_progress())
         extra = await self.hub.run_callback(self, status)
-        delivered = self.channel.viewers > 0
-        self.hub.end_sequence(self, extra_html=extra, delivered=delivered)
-        terminal = [self.render_progress(), self.render_footer(), self.render_live(status)]
-        if self.resources is not None: terminal.append(self.render_resources())
-        terminal.append(self.hub.render_overlay_placeholder_oob())
-        terminal.append(self.hub.render_inert_connection())
-        if status != "completed" or self.hub.restore_trigger_on_complete:
-            terminal.append(to_xml(self.hub.render_trigger_oob()))
-        terminal.append(extra)
-        self.channel.finish("".join(terminal))
+        # From here to channel.finish nothing awaits, so no viewer or route can read a half-ended sequence.
+        self.outcome = status
+        self.hub.end_sequence(self, extra_html=extra)
+        self.channel.finish(self.render_terminal(extra))
         self.finished.set()
+
+# %% ../../nbs/routes/init.ipynb #9a3f6e70
+_LIVE_TEXT = {"pending": "Job queued", "running": "Job running", "cancelling": "Cancelling job",
+              "completed": "Job completed", "failed": "Job failed", "cancelled": "Job cancelled"}
+
+@patch
+def display_status(self: _SequenceRunner) -> str:
+    if self.outcome is not None: return self.outcome
+    view = self.view
+    if view is None: return "pending"
+    if view.is_terminal or view.status not in _LIVE_TEXT: return "cancelling" if self.cancel_requested else "running"
+    return view.status
+
+@patch
+def label(self: _SequenceRunner) -> str:
+    return f"Source {self.index + 1}/{self.total}" if self.total > 1 else ""
+
+@patch
+def aggregate_progress(self: _SequenceRunner, view: Optional[JobView]) -> Optional[float]:
+    "Return the sequence's progress fraction, or None when it is indeterminate."
+    if view is None: return self.index / self.total
+    if view.progress is None: return None if self.total == 1 else self.index / self.total
+    return (self.index + view.progress) / self.total
+
+@patch
+def progress_value(self: _SequenceRunner, status: str) -> float:
+    if status == "completed": return 1.0
+    value = self.aggregate_progress(self.view)
+    return -1.0 if value is None else value
+
+@patch
+def display_message(self: _SequenceRunner, status: str) -> str:
+    view = self.view
+    if status == "completed" and self.total > 1: return f"Completed {self.total} jobs"
+    if self.ending and self.outcome is None: message = "Finishing"
+    else: message = view.message if view else "Waiting to start"
+    if self.label() and status not in TERMINAL_STATUSES: message = f"{self.label()}: {message}"
+    return message
+
+@patch
+def display_error(self: _SequenceRunner, status: str) -> Optional[str]:
+    if status != "failed": return None
+    return self.error_message or (self.view.error.message if (self.view and self.view.error) else None)
+
+@patch
+def completed_at(self: _SequenceRunner) -> Optional[float]:
+    if self.outcome is None: return None
+    return (self.view.completed_at if self.view else None) or time.time()
+
+# %% ../../nbs/routes/init.ipynb #1e6b8c42
+def _oob(element: FT) -> FT:
+    "Mark a component for an out-of-band swap and return it."
+    element.attrs["hx-swap-oob"] = "true"
+    return element
+
+@patch
+def render_progress(self: _SequenceRunner, now: Optional[float] = None) -> str:
+    status = self.display_status()
+    inner = render_progress_tab(
+        self.hub.ids, status=status, progress_value=self.progress_value(status),
+        status_message=self.display_message(status), started_at=self.first_started_at,
+        completed_at=self.completed_at(), error_message=self.display_error(status), label=self.label(),
+        now=now or time.time(), eta_s=self.eta_s)
+    return to_xml(Div(inner, id=self.hub.ids.tab_progress, hx_swap_oob="true"))
+
+@patch
+def render_resources(self: _SequenceRunner) -> str:
+    inner = render_resources_tab(self.resources, history=list(self.history))
+    return to_xml(Div(inner, id=self.hub.ids.tab_resources, hx_swap_oob="true"))
+
+@patch
+def render_footer(self: _SequenceRunner) -> str:
+    return to_xml(render_footer_oob(self.hub.ids, self.hub.urls, is_active=self.outcome is None, job_id=self.job_id))
+
+@patch
+def render_live(self: _SequenceRunner, status: str) -> str:
+    return to_xml(Span(_LIVE_TEXT.get(status, ""), id=self.hub.ids.live_region, hx_swap_oob="innerHTML"))
+
+@patch
+def render_log_append(self: _SequenceRunner, rendered_lines: Sequence[str]) -> str:
+    return f'<div hx-swap-oob="beforeend:#{self.hub.ids.log_lines}">{"".join(rendered_lines)}</div>'
+
+@patch
+def render_logs_snapshot(self: _SequenceRunner) -> str:
+    "Render the logs tab with the last `log_lines` lines, replacing what the page shows."
+    lines = [html for _, html in self.channel.log_lines][-self.hub.config.log_lines:]
+    inner = render_logs_tab(self.hub.ids, log_lines=[], log_url=self.hub.log_url(self.job_id),
+                            dom_limit=self.hub.config.log_dom_limit)
+    html = to_xml(Div(inner, id=self.hub.ids.tab_logs, hx_swap_oob="true"))
+    return html + (self.render_log_append(lines) if lines else "")
+
+@patch
+def render_snapshot(self: _SequenceRunner, after_log_seq: Optional[int]) -> str:
+    "Render everything a connecting viewer needs; with `after_log_seq`, only the log lines after it."
+    status = self.display_status()
+    parts = [self.render_progress(), self.render_footer(), self.render_resources(), self.render_live(status)]
+    missed = self.channel.lines_after(after_log_seq) if after_log_seq is not None else None
+    if missed is None: parts.append(self.render_logs_snapshot())
+    elif missed: parts.append(self.render_log_append(missed))
+    return "".join(parts)
+
+@patch
+def render_terminal(self: _SequenceRunner, extra_html: str) -> str:
+    "Render the final update: final tabs and footer, no overlay, no connection, the trigger and the callback's output."
+    hub = self.hub
+    parts = [self.render_progress(), self.render_footer(), self.render_live(self.outcome)]
+    if self.resources is not None: parts.append(self.render_resources())
+    parts.append(hub.render_overlay_placeholder_oob())
+    parts.append(hub.render_inert_connection())
+    if self.outcome != "completed" or hub.restore_trigger_on_complete: parts.append(hub.render_trigger_oob())
+    parts.append(extra_html)
+    return "".join(parts)
+
+@patch
+def render_modal(self: _SequenceRunner, open_on_render: bool) -> FT:
+    "Render the modal for a page or a trigger response; its SSE connection is active until the final update."
+    hub, status = self.hub, self.display_status()
+    return render_job_modal(
+        hub.config, hub.ids, hub.urls, job_id=self.job_id, status=status,
+        progress_value=self.progress_value(status), status_message=self.display_message(status),
+        started_at=self.first_started_at, completed_at=self.completed_at(), resources=self.resources,
+        open_on_render=open_on_render, log_url=hub.log_url(self.job_id), label=self.label(),
+        history=list(self.history), kb_system_id=hub.kb_system_id, now=time.time(),
+        error_message=self.display_error(status), eta_s=self.eta_s)
 
 # %% ../../nbs/routes/init.ipynb #6a031261
 _HUBS: "weakref.WeakKeyDictionary[JobMonitorService, Dict[tuple, _MonitorHub]]" = weakref.WeakKeyDictionary()
-_FINISHED_KEEP_S = 120.0  # A finished runner still answers reconnecting viewers for this long
-_CALLBACK_ERROR = "The job finished, but the app's completion handler failed. The server log has the details."
+_FINISHED_KEEP_S = 120.0  # Seconds a finished runner still serves reconnecting viewers
+_REMEMBERED_SESSIONS = 1024  # Sessions whose recent job ids are kept for log downloads
+_REMEMBERED_JOBS = 20  # Job ids kept per session
+_CALLBACK_ERROR = "The job ended, but the app's handler for its outcome failed. The server log has details."
+_CALLBACK_NAMES = {"completed": "on_complete", "cancelled": "on_cancel", "failed": "on_fail"}
+
+class _LockEntry:
+    def __init__(self):
+        self.lock, self.users = asyncio.Lock(), 0
 
 class _MonitorHub:
-    def __init__(self, service, plugin_name, state_store, workflow_id, step_id, state_key, config, ids, urls,
-                 kb_system_id, on_complete, on_cancel, on_fail, job_args_builder, icon_fn, restore_trigger_on_complete):
-        self.service, self.plugin_name, self.state_store = service, plugin_name, state_store
-        self.workflow_id, self.step_id, self.state_key = workflow_id, step_id, state_key
+    "Runners, locks and settings shared by the routes of one `init_job_monitor_routes` call."
+    def __init__(self, service: JobMonitorService, plugin_name: str, slot: _TrackerSlot, config: JobMonitorConfig,
+                 ids: JobMonitorHtmlIds, urls: JobMonitorUrls, *, kb_system_id: Optional[str],
+                 on_complete: Optional[Callable], on_cancel: Optional[Callable], on_fail: Optional[Callable],
+                 job_args_builder: Optional[Callable], icon_fn: Optional[Callable],
+                 restore_trigger_on_complete: bool, overlay_target_id: str):
+        self.service, self.plugin_name, self.slot = service, plugin_name, slot
         self.config, self.ids, self.urls, self.kb_system_id = config, ids, urls, kb_system_id
-        self.on_complete, self.on_cancel, self.on_fail = on_complete, on_cancel, on_fail
+        self.callbacks = {"completed": on_complete, "cancelled": on_cancel, "failed": on_fail}
         self.job_args_builder, self.icon_fn = job_args_builder, icon_fn
         self.restore_trigger_on_complete = restore_trigger_on_complete
-        self.runners: Dict[str, _SequenceRunner] = {}
-        self.finished: Dict[str, Tuple[float, _SequenceRunner]] = {}
-        self.session_jobs: Dict[str, Deque[str]] = {}  # session -> recent job ids, for log downloads
-        self.locks: Dict[str, asyncio.Lock] = {}
+        self.overlay_target_id = overlay_target_id
+        self.runners: Dict[str, _SequenceRunner] = {}  # session id -> sequence in flight
+        self.finished: Dict[str, _SequenceRunner] = {}  # session id -> sequence that ended recently
+        self.session_jobs: "OrderedDict[str, Deque[str]]" = OrderedDict()  # session id -> recent job ids
+        self.locks: Dict[str, _LockEntry] = {}
 
-    def key(self) -> tuple: return (self.workflow_id, self.step_id, self.state_key)
+    def key(self) -> tuple: return (self.slot.workflow_id, self.slot.step_id, self.slot.state_key)
+
+    def take_over(self, previous: "_MonitorHub") -> None:
+        "Share the runners, locks and job ids of a hub that these routes replace, and move its runners here."
+        self.runners, self.finished = previous.runners, previous.finished
+        self.session_jobs, self.locks = previous.session_jobs, previous.locks
+        for runner in [*self.runners.values(), *self.finished.values()]: runner.hub = self
 
     def log_url(self, job_id: str) -> str:
-        from urllib.parse import quote
         return f"{self.urls.log}?job_id={quote(job_id)}" if self.urls.log else ""
-
-    def render_log_line(self, line: LogLine) -> str:
-        from cjm_fasthtml_job_monitor.components.tabs.logs_tab import render_log_line
-        return to_xml(render_log_line(line))
 
     def render_overlay_placeholder_oob(self) -> str:
         "Render the overlay's placeholder as an out-of-band swap, which removes the overlay."
-        placeholder = render_job_overlay_placeholder(self.ids)
-        placeholder.attrs["hx-swap-oob"] = "true"
-        return to_xml(placeholder)
+        return to_xml(_oob(render_job_overlay_placeholder(self.ids)))
 
     def render_inert_connection(self) -> str:
         "Render the SSE connection element without a connection, as an out-of-band swap."
-        inert = render_sse_connection(self.ids, self.urls, "", is_active=False)
-        inert.attrs["hx-swap-oob"] = "true"
-        return to_xml(inert)
+        return to_xml(_oob(render_sse_connection(self.ids, self.urls, "", is_active=False)))
 
-    def render_trigger_oob(self) -> FT:
-        trigger = render_job_trigger(self.config, self.ids, self.urls, icon_fn=self.icon_fn)
-        trigger.attrs["hx-swap-oob"] = "true"
-        return trigger
+    def render_trigger_oob(self) -> str:
+        return to_xml(_oob(render_job_trigger(self.config, self.ids, self.urls, icon_fn=self.icon_fn)))
 
-    def lock(self, session_id: str) -> asyncio.Lock:
-        return self.locks.setdefault(session_id, asyncio.Lock())
+    def render_idle_html(self) -> str:
+        "Render the out-of-band swaps that return a page to the idle state."
+        return self.render_trigger_oob() + self.render_overlay_placeholder_oob() + self.render_inert_connection()
+
+    @asynccontextmanager
+    async def session_lock(self, session_id: str) -> AsyncIterator[None]:
+        "Hold the session's lock; the lock is dropped once no request holds or waits for it."
+        entry = self.locks.get(session_id)
+        if entry is None: entry = self.locks[session_id] = _LockEntry()
+        entry.users += 1
+        try:
+            async with entry.lock: yield
+        finally:
+            entry.users -= 1
+            if entry.users == 0 and self.locks.get(session_id) is entry: del self.locks[session_id]
 
     def remember_job(self, session_id: str, job_id: str) -> None:
-        jobs = self.session_jobs.setdefault(session_id, deque(maxlen=20))
+        jobs = self.session_jobs.get(session_id)
+        if jobs is None: jobs = self.session_jobs[session_id] = deque(maxlen=_REMEMBERED_JOBS)
+        self.session_jobs.move_to_end(session_id)
         if job_id not in jobs: jobs.append(job_id)
+        while len(self.session_jobs) > _REMEMBERED_SESSIONS: self.session_jobs.popitem(last=False)
 
     def owns_job(self, session_id: str, job_id: str) -> bool:
-        return job_id in self.session_jobs.get(session_id, ())
+        runner = self.runners.get(session_id) or self.finished.get(session_id)
+        return job_id in self.session_jobs.get(session_id, ()) or (runner is not None and job_id in runner.job_ids)
 
-    def runner_for(self, session_id: str, include_finished: bool = False) -> Optional[_SequenceRunner]:
-        self._expire_finished()
-        runner = self.runners.get(session_id)
-        if runner is None and include_finished:
-            entry = self.finished.get(session_id)
-            runner = entry[1] if entry else None
-        return runner
+    def runner_for(self, session_id: str) -> Optional[_SequenceRunner]:
+        "Return the session's sequence in flight, or None."
+        return self.runners.get(session_id)
 
-    def _expire_finished(self) -> None:
-        cutoff = time.monotonic() - _FINISHED_KEEP_S
-        for sid in [s for s, (t, _) in self.finished.items() if t < cutoff]:
-            del self.finished[sid]
+    def register(self, runner: _SequenceRunner) -> None:
+        "Start following a sequence and make it the session's sequence in flight."
+        self.runners[runner.session_id] = runner
+        self.finished.pop(runner.session_id, None)
+        for job_id in runner.job_ids: self.remember_job(runner.session_id, job_id)
+        runner.start()
+
+    def drop_runner(self, runner: _SequenceRunner) -> None:
+        if self.runners.get(runner.session_id) is runner: del self.runners[runner.session_id]
 
     def tracker_of(self, runner: _SequenceRunner) -> dict:
-        return {"format": TRACKER_FORMAT, "job_id": runner.job_id, "job_ids": list(runner.job_ids),
-                "index": runner.index, "total": runner.total, "sequence_id": runner.sequence_id,
-                "started_at": time.time()}
+        return {"format": TRACKER_FORMAT, "sequence_id": runner.sequence_id, "job_id": runner.job_id,
+                "job_ids": list(runner.job_ids), "index": runner.index, "total": runner.total,
+                "jobs": runner.jobs_json, "updated_at": time.time()}
 
     def save_tracker(self, runner: _SequenceRunner) -> None:
         try:
-            _write_tracker(self.state_store, self.workflow_id, runner.session_id, self.step_id, self.state_key,
-                           self.tracker_of(runner))
+            self.slot.write(runner.session_id, self.tracker_of(runner))
         except sqlite3.Error as e:
             logger.error("Saving the job tracker of session %s failed: %s", runner.session_id, e)
 
-    def end_sequence(self, runner: _SequenceRunner, extra_html: str, delivered: bool) -> None:
-        self.runners.pop(runner.session_id, None)
-        self.finished[runner.session_id] = (time.monotonic(), runner)
-        value = None if (delivered or not extra_html) else {"format": TRACKER_FORMAT, "outcome_html": extra_html,
-                                                             "status": runner.outcome}
-        try:
-            _write_tracker(self.state_store, self.workflow_id, runner.session_id, self.step_id, self.state_key, value)
-        except sqlite3.Error as e:
-            logger.error("Clearing the job tracker of session %s failed: %s", runner.session_id, e)
+# %% ../../nbs/routes/init.ipynb #5f8b2a3c
+def _expire_finished(runner: _SequenceRunner) -> None:
+    hub = runner.hub
+    if hub.finished.get(runner.session_id) is runner: del hub.finished[runner.session_id]
 
-    async def run_callback(self, runner: _SequenceRunner, status: str) -> str:
-        callback = {"completed": self.on_complete, "cancelled": self.on_cancel, "failed": self.on_fail}.get(status)
-        if callback is None: return ""
-        first = runner.results if status == "completed" else self.service.get_job(runner.job_id)
-        try:
-            output = callback(first, runner.request, runner.sess)
-            if inspect.isawaitable(output): output = await output
-        except Exception:
-            logger.exception("The on_%s callback of job sequence %s raised", "complete" if status == "completed"
-                             else ("cancel" if status == "cancelled" else "fail"), runner.sequence_id)
-            return to_xml(Div(_CALLBACK_ERROR, id=self.ids.callback_slot, role="alert", hx_swap_oob="true",
-                              cls="alert alert-warning"))
+@patch
+def end_sequence(self: _MonitorHub, runner: _SequenceRunner, extra_html: str) -> None:
+    "Move a sequence from in flight to finished and replace its tracker with its outcome record or nothing."
+    self.drop_runner(runner)
+    self.finished[runner.session_id] = runner
+    asyncio.get_running_loop().call_later(_FINISHED_KEEP_S, _expire_finished, runner)
+    record = None
+    if extra_html:
+        record = {"format": TRACKER_FORMAT, "sequence_id": runner.sequence_id, "status": runner.outcome,
+                  "outcome_html": extra_html}
+    try:
+        self.slot.write(runner.session_id, record)
+        runner.outcome_stored = record is not None
+    except sqlite3.Error as e:
+        logger.error("Clearing the job tracker of session %s failed: %s", runner.session_id, e)
+
+@patch
+def mark_outcome_delivered(self: _MonitorHub, runner: _SequenceRunner) -> None:
+    "Remove the sequence's outcome record once a viewer was sent the final update."
+    if not runner.outcome_stored: return
+    runner.outcome_stored = False
+    try:
+        stored = self.slot.read(runner.session_id)
+        if _is_outcome_record(stored) and stored.get("sequence_id") == runner.sequence_id:
+            self.slot.write(runner.session_id, None)
+    except sqlite3.Error as e:
+        logger.error("Removing the delivered job outcome of session %s failed: %s", runner.session_id, e)
+
+@patch
+async def run_callback(self: _MonitorHub, runner: _SequenceRunner, status: str) -> str:
+    "Call the callback for `status` and return its output as HTML; a callback that raises is logged."
+    callback = self.callbacks.get(status)
+    if callback is None: return ""
+    first = runner.results if status == "completed" else self.service.get_job(runner.job_id)
+    try:
+        output = callback(first, runner.request, runner.sess)
+        if inspect.isawaitable(output): output = await output
         if output is None: return ""
         items = output if isinstance(output, (list, tuple)) else [output]
-        return "".join(to_xml(item) if not isinstance(item, str) else _text(item) for item in items)
+        return "".join(escape(item) if isinstance(item, str) else to_xml(item) for item in items)
+    except Exception:
+        logger.exception("The %s callback of job sequence %s (session %s, job %s) raised",
+                         _CALLBACK_NAMES[status], runner.sequence_id, runner.session_id, runner.job_id)
+        return to_xml(Div(_CALLBACK_ERROR, id=self.ids.callback_slot, role="alert", hx_swap_oob="true",
+                          cls="alert alert-warning"))
 
-def _text(value: str) -> str:
-    "Escape a plain string returned by a callback: callbacks return FT for markup."
-    from html import escape
-    return escape(value)
+@patch
+async def build_jobs(self: _MonitorHub, session_id: str) -> List[Tuple[tuple, dict]]:
+    "Call `job_args_builder` (sync or async) and check its output; one job without arguments when there is none."
+    if self.job_args_builder is None: return [((), {})]
+    raw = self.job_args_builder(self.slot.store, self.slot.workflow_id, session_id)
+    if inspect.isawaitable(raw): raw = await raw
+    return _validate_jobs(raw)
 
 # %% ../../nbs/routes/init.ipynb #1305c615
 def is_same_origin_request(
@@ -498,9 +682,16 @@ def is_same_origin_request(
         if urlsplit(origin).netloc.lower() != host.lower(): return False
     return headers.get("hx-request") == "true"
 
+def _reject_cross_site(request: Request) -> Response:
+    logger.warning("Rejected a cross-site %s %s (Origin %r, Sec-Fetch-Site %r, HX-Request %r)", request.method,
+                   request.url.path, request.headers.get("origin"), request.headers.get("sec-fetch-site"),
+                   request.headers.get("hx-request"))
+    return Response("Cross-site request rejected.", status_code=403, media_type="text/plain")
+
 # %% ../../nbs/routes/init.ipynb #a896298f
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
-SSE_RETRY_MS = 3000
+SSE_RETRY_MS = 3000  # Milliseconds the browser waits before reconnecting a dropped stream
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 def format_sse(
     data: str,  # Message data
@@ -518,78 +709,154 @@ def format_sse(
 
 # %% ../../nbs/routes/init.ipynb #79567531
 def _parse_last_event_id(value: Optional[str], sequence_id: str) -> Optional[int]:
+    "Return the last log line a reconnecting viewer has, or None when the id is not from this sequence."
     if not value: return None
     seq_part, _, log_part = value.partition(":")
     if seq_part != sequence_id or not log_part.isdigit(): return None
     return int(log_part)
 
-SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "Connection": "keep-alive"}
-
 # %% ../../nbs/routes/init.ipynb #b291815f
-async def _viewer_stream(runner: _SequenceRunner, last_event_id: Optional[str], heartbeat_s: float):
+async def _viewer_stream(
+    runner: _SequenceRunner,  # Sequence to stream
+    last_event_id: Optional[str],  # The request's Last-Event-ID header
+    heartbeat_s: float,  # Seconds without a message after which a comment line is sent
+    min_interval_s: float,  # Min seconds between two messages; changes in between go out together
+) -> AsyncIterator[str]:
     channel = runner.channel
     channel.viewers += 1
     try:
         version = channel.version
-        log_seq = _parse_last_event_id(last_event_id, runner.sequence_id)
-        parts = [runner.render_progress(), runner.render_footer(), runner.render_resources(),
-                 runner.render_live(runner.outcome or (runner.view.status if runner.view else "pending"))]
-        missed = channel.lines_after(log_seq) if log_seq is not None else None
-        if missed is None: parts.append(runner.render_logs_snapshot())
-        elif missed: parts.append(runner._append_html(missed))
-        log_seq = channel.log_seq
         sent = {name: v for name, (v, _) in channel.parts.items()}
-        if channel.terminal_html is not None: parts.append(channel.terminal_html)
-        yield format_sse(f"<div>{''.join(parts)}</div>", event_id=f"{runner.sequence_id}:{log_seq}", retry_ms=SSE_RETRY_MS)
-        if channel.terminal_html is not None:
-            yield format_sse("", event="done")
-            return
-        while True:
+        html = runner.render_snapshot(_parse_last_event_id(last_event_id, runner.sequence_id))
+        log_seq, terminal = channel.log_seq, channel.terminal_html
+        event_id = f"{runner.sequence_id}:{log_seq}"
+        yield format_sse(f"<div>{html}{terminal or ''}</div>", event_id=event_id, retry_ms=SSE_RETRY_MS)
+        last_sent = time.monotonic()
+
+        while terminal is None:
             if not await channel.wait(version, heartbeat_s):
                 yield ": heartbeat\n\n"
                 continue
-            version = channel.version
+            pause = min_interval_s - (time.monotonic() - last_sent)
+            if pause > 0 and channel.terminal_html is None: await asyncio.sleep(pause)
+
+            version, terminal = channel.version, channel.terminal_html
             parts = [html for name, (v, html) in channel.parts.items() if v > sent.get(name, 0)]
             sent = {name: v for name, (v, _) in channel.parts.items()}
+            if terminal is not None: parts = []  # the final update re-renders every part
             new_lines = channel.lines_after(log_seq)
             if new_lines is None: parts.append(runner.render_logs_snapshot())
-            elif new_lines: parts.append(runner._append_html(new_lines))
+            elif new_lines: parts.append(runner.render_log_append(new_lines))
             log_seq = channel.log_seq
-            if channel.terminal_html is not None: parts.append(channel.terminal_html)
-            if parts:
-                yield format_sse(f"<div>{''.join(parts)}</div>", event_id=f"{runner.sequence_id}:{log_seq}")
-            if channel.terminal_html is not None:
-                yield format_sse("", event="done")
-                return
+            if terminal is not None: parts.append(terminal)
+            if not parts: continue
+            event_id = f"{runner.sequence_id}:{log_seq}"
+            yield format_sse(f"<div>{''.join(parts)}</div>", event_id=event_id)
+            last_sent = time.monotonic()
+
+        runner.hub.mark_outcome_delivered(runner)
+        yield format_sse("", event="done", event_id=event_id)
     finally:
         channel.viewers -= 1
 
 # %% ../../nbs/routes/init.ipynb #1cff20cc
-async def _idle_stream(hub: "_MonitorHub"):
+async def _idle_stream(hub: _MonitorHub) -> AsyncIterator[str]:
     "Yield the one message that returns a viewer's page to the idle state, then `done`."
-    html = to_xml(hub.render_trigger_oob()) + hub.render_overlay_placeholder_oob() + hub.render_inert_connection()
-    yield format_sse(f"<div>{html}</div>", retry_ms=SSE_RETRY_MS)
-    yield format_sse("", event="done")
+    yield format_sse(f"<div>{hub.render_idle_html()}</div>", event_id="idle", retry_ms=SSE_RETRY_MS)
+    yield format_sse("", event="done", event_id="idle")
 
 # %% ../../nbs/routes/init.ipynb #a71739c5
-def _validate_jobs(jobs: Any) -> List[Tuple[tuple, dict]]:
-    if not isinstance(jobs, (list, tuple)) or not jobs:
-        raise ValueError("job_args_builder must return a non-empty list of (args, kwargs) pairs, "
-                         f"got {type(jobs).__name__}.")
-    out = []
-    for i, item in enumerate(jobs):
-        if (not isinstance(item, (list, tuple)) or len(item) != 2 or not isinstance(item[0], (list, tuple))
-                or not isinstance(item[1], dict)):
-            raise ValueError(f"job_args_builder item {i} must be an (args, kwargs) pair with a tuple and a dict, got {item!r:.80}.")
-        out.append((tuple(item[0]), dict(item[1])))
-    return out
-
 def _html(*items: Any, status_code: int = 200) -> Response:
     return Response("".join(i if isinstance(i, str) else to_xml(i) for i in items), status_code=status_code,
                     media_type="text/html; charset=utf-8")
 
 def _error_oob(ids: JobMonitorHtmlIds, message: str) -> FT:
     return Div(Div(message, cls="alert alert-error text-sm", role="alert"), id=ids.error_slot, hx_swap_oob="true")
+
+def _error_clear_oob(ids: JobMonitorHtmlIds) -> FT:
+    return Div(id=ids.error_slot, role="alert", hx_swap_oob="true")
+
+def _inflight_oob(hub: _MonitorHub, runner: _SequenceRunner, open_modal: bool) -> str:
+    "Render the progress button, the overlay and the modal with its SSE connection as out-of-band swaps."
+    return "".join(to_xml(_oob(element)) for element in (
+        render_job_progress_button(hub.config, hub.ids), render_job_overlay(hub.ids, hub.config),
+        runner.render_modal(open_on_render=open_modal))) + to_xml(_error_clear_oob(hub.ids))
+
+def _restore_with_error(hub: _MonitorHub, message: str) -> Response:
+    return _html(hub.render_trigger_oob(), _error_oob(hub.ids, message))
+
+def _clear_tracker(slot: _TrackerSlot, session_id: str) -> None:
+    try: slot.write(session_id, None)
+    except sqlite3.Error as e: logger.error("Removing the job tracker of session %s failed: %s", session_id, e)
+
+def _full_log_text(service: JobMonitorService, job_id: str) -> str:
+    lines, cursor = [], None
+    while True:
+        batch, cursor = service.read_job_log(job_id, cursor, limit=5000)
+        if not batch: break
+        lines.extend(line.format() for line in batch)
+    return "\n".join(lines) + ("\n" if lines else "")
+
+# %% ../../nbs/routes/init.ipynb #3e7c1d95
+async def _start_sequence(hub: _MonitorHub, session_id: str, request: Any, sess: Any) -> Response:
+    "Build the jobs, submit the first, store the tracker and start the runner; on failure restore the trigger."
+    try:
+        jobs = await hub.build_jobs(session_id)
+    except Exception as e:
+        logger.warning("Building the job arguments for session %s failed: %s", session_id, e)
+        return _restore_with_error(hub, f"The job could not be prepared: {e}")
+    try:
+        job_id = await hub.service.submit_job(hub.plugin_name, *jobs[0][0], **jobs[0][1])
+    except Exception as e:
+        logger.warning("Submitting a job to plugin %s for session %s failed: %s", hub.plugin_name, session_id, e)
+        return _restore_with_error(hub, f"The job could not be started: {e}")
+
+    runner = _SequenceRunner(hub, session_id, jobs, len(jobs), [job_id], request, sess)
+    try:
+        stored = hub.slot.read(session_id)
+        hub.slot.write(session_id, hub.tracker_of(runner))
+    except sqlite3.Error as e:
+        logger.error("Saving the job tracker of session %s failed, cancelling job %s: %s", session_id, job_id, e)
+        await hub.service.cancel_job(job_id)
+        return _restore_with_error(hub, f"The job was not started because its state could not be saved: {e}")
+    hub.register(runner)
+    # Output of the session's previous sequence that no page received goes out before it is overwritten.
+    previous = stored["outcome_html"] if _is_outcome_record(stored) else ""
+    return _html(previous, _inflight_oob(hub, runner, open_modal=True))
+
+def _result_of(service: JobMonitorService, job_id: str) -> Any:
+    # NOTE: None when the queue has dropped the job from its history.
+    return getattr(service.get_job(job_id), "result", None)
+
+def _adopt_tracker(hub: _MonitorHub, session_id: str, request: Any, sess: Any) -> Optional[_SequenceRunner]:
+    "Follow a stored sequence whose job the queue still has; remove a tracker whose job it no longer has."
+    runner = hub.runner_for(session_id)
+    if runner is not None: return runner
+    try:
+        stored = hub.slot.read(session_id)
+    except sqlite3.Error as e:
+        logger.error("Reading the job tracker of session %s failed: %s", session_id, e)
+        return None
+    if stored is None or _is_outcome_record(stored): return None
+    if not _is_tracker(stored):
+        logger.warning("Removing a malformed job tracker of session %s", session_id)
+        _clear_tracker(hub.slot, session_id)
+        return None
+    view = hub.service.get_job_view(stored["job_id"])
+    if view is None or view.is_terminal:
+        logger.info("Removing the job tracker of session %s: job %s is %s", session_id, stored["job_id"],
+                    "unknown to the job queue" if view is None else view.status)
+        _clear_tracker(hub.slot, session_id)
+        return None
+
+    job_ids = stored["job_ids"]
+    runner = _SequenceRunner(hub, session_id, _jobs_from_json(stored.get("jobs"), stored["total"]), stored["total"],
+                             job_ids, request, sess, results=[_result_of(hub.service, j) for j in job_ids[:-1]])
+    logger.info("Following job %s of session %s again (job %d/%d)", runner.job_id, session_id,
+                runner.index + 1, runner.total)
+    hub.register(runner)
+    hub.save_tracker(runner)
+    return runner
 
 # %% ../../nbs/routes/init.ipynb #02473a80
 def init_job_monitor_routes(
@@ -618,21 +885,24 @@ def init_job_monitor_routes(
     ids = JobMonitorHtmlIds(id_prefix)
     urls = JobMonitorUrls(trigger=f"{prefix}/trigger", progress=f"{prefix}/progress", cancel=f"{prefix}/cancel",
                           log=f"{prefix}/log", outcome=f"{prefix}/outcome")
-    hub = _MonitorHub(monitor_service, plugin_name, state_store, workflow_id, step_id, state_key, config, ids, urls,
-                      kb_system_id, on_complete, on_cancel, on_fail, job_args_builder, icon_fn,
-                      restore_trigger_on_complete)
-    hub.overlay_target_id = overlay_target_id
-    _HUBS.setdefault(monitor_service, {})[hub.key()] = hub
+    hub = _MonitorHub(
+        monitor_service, plugin_name, _TrackerSlot(state_store, workflow_id, step_id, state_key), config, ids, urls,
+        kb_system_id=kb_system_id, on_complete=on_complete, on_cancel=on_cancel, on_fail=on_fail,
+        job_args_builder=job_args_builder, icon_fn=icon_fn, restore_trigger_on_complete=restore_trigger_on_complete,
+        overlay_target_id=overlay_target_id)
+    hubs = _HUBS.setdefault(monitor_service, {})
+    if hub.key() in hubs: hub.take_over(hubs[hub.key()])
+    hubs[hub.key()] = hub
     # The prefix goes on each path rather than on the router, so that the router can also serve the
     # library's static files at the fixed STATIC_PATH that get_sse_headers() points at.
     router = APIRouter()
 
     @router.post(prefix + "/trigger")
     async def trigger(request: Request, sess):
-        if not is_same_origin_request(request): return Response("Cross-site request rejected.", status_code=403)
+        if not is_same_origin_request(request): return _reject_cross_site(request)
         session_id = get_workflow_session_id(sess)
-        async with hub.lock(session_id):
-            runner = hub.runner_for(session_id) or _adopt_tracker(hub, session_id, request, sess)
+        async with hub.session_lock(session_id):
+            runner = _adopt_tracker(hub, session_id, request, sess)
             if runner is not None:  # attach to the sequence already in flight
                 return _html(_inflight_oob(hub, runner, open_modal=True))
             return await _start_sequence(hub, session_id, request, sess)
@@ -640,53 +910,57 @@ def init_job_monitor_routes(
     @router.get(prefix + "/progress")
     async def progress(request: Request, sess, job_id: str = ""):
         session_id = get_workflow_session_id(sess)
-        runner = hub.runner_for(session_id, include_finished=True) or _adopt_tracker(hub, session_id, request, sess)
-        if runner is None or (job_id not in runner.job_ids and runner.outcome is not None):
-            # A 204 would not stop the htmx SSE extension: it reconnects for as long as the connection
-            # element is in the page. The idle stream replaces that element, restores the trigger and
-            # ends with `done`. It carries nothing about the requested job, which may be another session's.
+        runner = _adopt_tracker(hub, session_id, request, sess)
+        if runner is None:
+            finished = hub.finished.get(session_id)
+            if finished is not None and job_id in finished.job_ids: runner = finished
+        if runner is None:
             stream = _idle_stream(hub)
         else:
-            stream = _viewer_stream(runner, request.headers.get("last-event-id"), config.heartbeat_s)
+            stream = _viewer_stream(runner, request.headers.get("last-event-id"), config.heartbeat_s,
+                                    config.sse_interval_s)
         return StreamingResponse(stream, media_type="text/event-stream", headers=SSE_HEADERS)
 
     @router.post(prefix + "/cancel")
     async def cancel(request: Request, sess, job_id: str = ""):
-        if not is_same_origin_request(request): return Response("Cross-site request rejected.", status_code=403)
+        if not is_same_origin_request(request): return _reject_cross_site(request)
         session_id = get_workflow_session_id(sess)
         runner = hub.runner_for(session_id)
         if runner is None or (job_id and job_id not in runner.job_ids):
-            return Response("No job of this session is running.", status_code=404)
+            return Response("No job of this session is running.", status_code=404, media_type="text/plain")
         runner.cancel_requested = True
+        current = runner.job_id
         try:
-            await monitor_service.cancel_job(runner.job_id)
+            await monitor_service.cancel_job(current)
         except Exception as e:
-            logger.warning("Cancelling job %s failed: %s", runner.job_id, e)
+            logger.warning("Cancelling job %s of session %s failed: %s", current, session_id, e)
             return _html(_error_oob(ids, f"Cancelling the job failed: {e}"))
+        logger.info("Cancel requested for job %s of session %s", current, session_id)
         return Response(status_code=204)
 
     @router.get(prefix + "/log")
     async def log(request: Request, sess, job_id: str = ""):
         session_id = get_workflow_session_id(sess)
         if not job_id or not hub.owns_job(session_id, job_id):
-            return Response("No log of this session's jobs has that id.", status_code=404, media_type="text/plain")
+            return Response("This session has no job with that id.", status_code=404, media_type="text/plain")
         text = await asyncio.to_thread(_full_log_text, monitor_service, job_id)
         return Response(text, media_type="text/plain; charset=utf-8",
                         headers={"Content-Disposition": f'attachment; filename="job-{job_id[:8]}.log"',
                                  "Cache-Control": "no-store"})
 
-    @router.get(prefix + "/outcome")
+    @router.post(prefix + "/outcome")
     async def outcome(request: Request, sess):
+        if not is_same_origin_request(request): return _reject_cross_site(request)
         session_id = get_workflow_session_id(sess)
         try:
-            step = state_store.get_step_state(workflow_id, session_id, step_id)
-            stored = step.get(state_key) if isinstance(step, dict) else None
-            if not (isinstance(stored, dict) and isinstance(stored.get("outcome_html"), str)):
-                return _html("")
-            _write_tracker(state_store, workflow_id, session_id, step_id, state_key, None)
+            stored = hub.slot.read(session_id)
+            if not _is_outcome_record(stored): return _html("")
+            hub.slot.write(session_id, None)
         except sqlite3.Error as e:
-            logger.error("Reading the stored job outcome of session %s failed: %s", session_id, e)
+            logger.error("Handing over the stored job outcome of session %s failed: %s", session_id, e)
             return _html("")
+        finished = hub.finished.get(session_id)
+        if finished is not None and finished.sequence_id == stored.get("sequence_id"): finished.outcome_stored = False
         return _html(stored["outcome_html"])
 
     @router.get(STATIC_PATH + "/{fname}")
@@ -695,88 +969,9 @@ def init_job_monitor_routes(
 
     return router, urls, ids
 
-# %% ../../nbs/routes/init.ipynb #2aa3fd8c
-def _full_log_text(service: JobMonitorService, job_id: str) -> str:
-    lines, cursor = [], None
-    while True:
-        batch, cursor = service.read_job_log(job_id, cursor, limit=5000)
-        if not batch: break
-        lines.extend(line.format() for line in batch)
-    return "\n".join(lines) + ("\n" if lines else "")
-
-def _inflight_oob(hub: _MonitorHub, runner: _SequenceRunner, open_modal: bool) -> str:
-    button = render_job_progress_button(hub.config, hub.ids)
-    button.attrs["hx-swap-oob"] = "true"
-    overlay = render_job_overlay(hub.ids, hub.config)
-    overlay.attrs["hx-swap-oob"] = "true"
-    modal = runner.render_modal(open_on_render=open_modal)
-    modal.attrs["hx-swap-oob"] = "true"
-    return to_xml(button) + to_xml(overlay) + to_xml(modal) + to_xml(_error_oob_clear(hub.ids))
-
-def _error_oob_clear(ids: JobMonitorHtmlIds) -> FT:
-    return Div(id=ids.error_slot, role="alert", hx_swap_oob="true")
-
-def _restore_with_error(hub: _MonitorHub, message: str) -> Response:
-    return _html(hub.render_trigger_oob(), _error_oob(hub.ids, message))
-
-async def _start_sequence(hub: _MonitorHub, session_id: str, request: Any, sess: Any) -> Response:
-    try:
-        raw = (hub.job_args_builder(hub.state_store, hub.workflow_id, session_id)
-               if hub.job_args_builder else [((), {})])
-        if inspect.isawaitable(raw): raw = await raw
-        jobs = _validate_jobs(raw)
-    except Exception as e:
-        logger.warning("Building the job arguments for session %s failed: %s", session_id, e)
-        return _restore_with_error(hub, f"The job could not be prepared: {e}")
-    try:
-        job_id = await hub.service.submit_job(hub.plugin_name, *jobs[0][0], **jobs[0][1])
-    except Exception as e:
-        logger.warning("Submitting a job to plugin %s failed: %s", hub.plugin_name, e)
-        return _restore_with_error(hub, f"The job could not be started: {e}")
-    runner = _SequenceRunner(hub, session_id, jobs, [job_id], 0, request, sess)
-    try:
-        _write_tracker(hub.state_store, hub.workflow_id, session_id, hub.step_id, hub.state_key, hub.tracker_of(runner))
-    except sqlite3.Error as e:
-        logger.error("Saving the job tracker of session %s failed, cancelling job %s: %s", session_id, job_id, e)
-        await hub.service.cancel_job(job_id)
-        return _restore_with_error(hub, f"The job was not started because its state could not be saved: {e}")
-    hub.runners[session_id] = runner
-    hub.finished.pop(session_id, None)
-    hub.remember_job(session_id, job_id)
-    runner.start()
-    return _html(_inflight_oob(hub, runner, open_modal=True))
-
-def _adopt_tracker(hub: _MonitorHub, session_id: str, request: Any, sess: Any) -> Optional[_SequenceRunner]:
-    "Resume following a stored sequence whose job the queue still runs; clean up a stale tracker."
-    try:
-        tracker = _read_tracker(hub.state_store, hub.workflow_id, session_id, hub.step_id, hub.state_key)
-        if tracker is None:
-            step = hub.state_store.get_step_state(hub.workflow_id, session_id, hub.step_id)
-            stored = step.get(hub.state_key) if isinstance(step, dict) else None
-            if stored is not None and not (isinstance(stored, dict) and "outcome_html" in stored):
-                logger.warning("Removing a malformed job tracker of session %s", session_id)
-                _write_tracker(hub.state_store, hub.workflow_id, session_id, hub.step_id, hub.state_key, None)
-            return None
-    except sqlite3.Error as e:
-        logger.error("Reading the job tracker of session %s failed: %s", session_id, e)
-        return None
-    view = hub.service.get_job_view(tracker["job_id"])
-    if view is None or view.is_terminal:
-        logger.info("Removing the job tracker of session %s: job %s is not running", session_id, tracker["job_id"])
-        try: _write_tracker(hub.state_store, hub.workflow_id, session_id, hub.step_id, hub.state_key, None)
-        except sqlite3.Error as e: logger.error("Clearing the job tracker of session %s failed: %s", session_id, e)
-        return None
-    # The job is still queued or running in this process (the routes were created again): follow it.
-    # The remaining jobs' arguments are not stored, so the sequence ends with this job.
-    job_ids = tracker["job_ids"]
-    runner = _SequenceRunner(hub, session_id, [((), {})] * len(job_ids), list(job_ids), len(job_ids) - 1, request, sess)
-    runner.total = len(job_ids)
-    hub.runners[session_id] = runner
-    for job_id in job_ids: hub.remember_job(session_id, job_id)
-    runner.start()
-    return runner
-
 # %% ../../nbs/routes/init.ipynb #2b47cb89
+_WARNED_NO_ROUTES: set = set()  # (workflow, step, state key) without routes, logged once each
+
 def check_inflight_job(
     monitor_service: JobMonitorService,  # Service instance
     plugin_name: str,  # Target plugin
@@ -791,25 +986,54 @@ def check_inflight_job(
     icon_fn: Optional[Callable] = None,  # Icon renderer
 ) -> Tuple[Optional[FT], Optional[FT], Optional[FT], bool]:  # (button, overlay, modal, is_running)
     "Check for an in-flight job sequence and return the matching UI state."
-    hub = _HUBS.get(monitor_service, {}).get((workflow_id, step_id, state_key))
-    runner = None
-    if hub is not None:
-        runner = hub.runner_for(session_id) or _adopt_tracker(hub, session_id, None, None)
+    key = (workflow_id, step_id, state_key)
+    hub = _HUBS.get(monitor_service, {}).get(key)
+    if hub is None and key not in _WARNED_NO_ROUTES:
+        _WARNED_NO_ROUTES.add(key)
+        logger.warning("check_inflight_job: no routes exist for workflow %r, step %r and state key %r with this "
+                       "service; call init_job_monitor_routes first. Showing the idle state.", *key)
+    runner = _find_inflight_runner(hub, session_id) if hub is not None else None
     if runner is not None:
         return (render_job_progress_button(config, ids), render_job_overlay(ids, config),
                 runner.render_modal(open_on_render=False), True)
+
     placeholder = Div(id=ids.modal, cls="hidden")
     try:
-        step = state_store.get_step_state(workflow_id, session_id, step_id)
-        stored = step.get(state_key) if isinstance(step, dict) else None
-        if hub is None and stored is not None:
-            view = monitor_service.get_job_view(stored.get("job_id", "")) if isinstance(stored, dict) else None
-            if view is None or view.is_terminal:
-                _write_tracker(state_store, workflow_id, session_id, step_id, state_key, None)
-                stored = None
-        if isinstance(stored, dict) and isinstance(stored.get("outcome_html"), str) and urls.outcome:
-            placeholder = Div(Div(hx_get=urls.outcome, hx_trigger="load", hx_swap="none"), id=ids.modal, cls="hidden")
+        stored = _TrackerSlot(state_store, workflow_id, step_id, state_key).read(session_id)
     except sqlite3.Error as e:
         logger.error("Reading the job tracker of session %s failed: %s", session_id, e)
+        stored = None
+    if _is_outcome_record(stored) and urls.outcome:
+        loader = Div(hx_post=urls.outcome, hx_trigger="load", hx_swap="none")
+        placeholder = Div(loader, id=ids.modal, cls="hidden")
     return (render_job_trigger(config, ids, urls, icon_fn=icon_fn), render_job_overlay_placeholder(ids),
             placeholder, False)
+
+def _find_inflight_runner(hub: _MonitorHub, session_id: str) -> Optional[_SequenceRunner]:
+    "Return the session's runner in flight, taking over its stored tracker in the event loop when needed."
+    runner = hub.runner_for(session_id)
+    if runner is not None: return runner
+    try:
+        asyncio.get_running_loop()
+        in_loop = True
+    except RuntimeError:
+        in_loop = False
+    if in_loop: return _adopt_tracker(hub, session_id, None, None)
+    try:
+        return anyio.from_thread.run_sync(_adopt_tracker, hub, session_id, None, None)
+    except RuntimeError:  # anyio's NoEventLoopError: a thread that anyio did not start
+        return _preview_tracker(hub, session_id)
+
+def _preview_tracker(hub: _MonitorHub, session_id: str) -> Optional[_SequenceRunner]:
+    "Return an unstarted runner that renders the stored sequence when its job is still queued or running."
+    try:
+        stored = hub.slot.read(session_id)
+    except sqlite3.Error as e:
+        logger.error("Reading the job tracker of session %s failed: %s", session_id, e)
+        return None
+    if not _is_tracker(stored): return None
+    view = hub.service.get_job_view(stored["job_id"])
+    if view is None or view.is_terminal: return None
+    runner = _SequenceRunner(hub, session_id, None, stored["total"], stored["job_ids"], None, None)
+    runner.view = view
+    return runner

@@ -10,27 +10,28 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import os
+import sqlite3
 import threading
 import time
 from dataclasses import dataclass, replace
-from datetime import datetime
-from typing import Any, AsyncIterator, Dict, List, Optional, Sequence, Tuple
+from datetime import datetime, timezone
+from typing import Any, AsyncIterator, Collection, Dict, List, Optional, Sequence, Set, Tuple
 
 import psutil
 from fastcore.basics import patch
 
 from cjm_plugin_system.core.manager import PluginManager
-from cjm_plugin_system.core.queue import Job, JobEventType, JobQueue
+from cjm_plugin_system.core.queue import Job, JobQueue
 
 from cjm_fasthtml_job_monitor.models import (
-    JobErrorSummary, JobView, LogLine, ResourceSnapshot, TERMINAL_STATUSES,
+    ACTIVE_STATUSES, JobErrorSummary, JobView, LogLine, ResourceSnapshot, TERMINAL_STATUSES,
     normalize_progress, normalize_status,
 )
 
 # %% auto #0
-__all__ = ['logger', 'STDOUT_GRACE_S', 'to_epoch', 'job_to_view', 'ProcessTreeSampler', 'NvmlReader', 'LogCursor',
-           'JobMonitorService', 'PluginNotAvailableError']
+__all__ = ['logger', 'QUEUE_INITIAL_PROGRESS', 'NVML_FAILURE_LOG_EVERY', 'STDOUT_GRACE_S', 'LOG_SETTLE_S', 'to_epoch',
+           'job_to_view', 'ProcessTreeSampler', 'NvmlReader', 'LogCursor', 'record_to_line', 'chunk_to_line',
+           'merge_log_batch', 'count_event_subscriptions', 'JobMonitorService', 'PluginNotAvailableError']
 
 # %% ../../nbs/services/monitor.ipynb #f9730865
 logger = logging.getLogger(__name__)
@@ -42,46 +43,60 @@ def to_epoch(
     "Convert a queue timestamp to epoch seconds."
     if value is None or isinstance(value, bool): return None
     if isinstance(value, datetime):
-        if value.tzinfo is None: value = value.replace(tzinfo=__import__("datetime").timezone.utc)
+        if value.tzinfo is None: value = value.replace(tzinfo=timezone.utc)
         return value.timestamp()
     if isinstance(value, (int, float)) and math.isfinite(value): return float(value)
     return None
 
 # %% ../../nbs/services/monitor.ipynb #11ae1425
+QUEUE_INITIAL_PROGRESS = (0.0, "")  # A queue job's (progress, status_message) until its first progress poll
+
 def _was_cancelled_by_plugin(job: Any) -> bool:
-    "True when a failed job's error is the plugin unwinding through `check_cancel()`."
+    "Return True when a failed job's error is the plugin unwinding through `check_cancel()`."
     err = getattr(job, "error", None)
     if err is None: return False
     exc_repr = str(getattr(err, "original_exc_repr", "") or "")
     return exc_repr.startswith("PluginCancelledError")
 
+def _error_summary(raw_error: Any) -> JobErrorSummary:
+    if raw_error is None:
+        return JobErrorSummary(category="unknown", message="The job failed without an error message.")
+    return JobErrorSummary(category=str(getattr(raw_error, "category", "") or "unknown"),
+                           message=str(getattr(raw_error, "message", "") or raw_error))
+
+def _matches_any(pair: Tuple[Any, Any], candidates: Collection[Tuple[Any, Any]]) -> bool:
+    return any(pair == candidate for candidate in candidates)  # no hashing: progress may be any object
+
+def _progress_and_message(
+    status: str,  # Normalised view status
+    pair: Tuple[Any, Any],  # The queue job's (progress, status_message)
+    reported: bool,  # False while the pair only repeats the queue's or the worker's old values
+) -> Tuple[Optional[float], str]:
+    "Pick the progress fraction and message that a view of a job in `status` shows."
+    progress = normalize_progress(pair[0]) if reported else None
+    message = pair[1] if isinstance(pair[1], str) else str(pair[1] or "")
+    if status == "pending": return None, "Queued"
+    if status == "completed": return 1.0, "Completed"
+    if status == "failed": return progress, "Failed"
+    if status == "cancelled": return progress, "Cancelled"
+    if reported: return progress, message
+    return None, "Cancelling" if status == "cancelling" else "Starting"
+
 def job_to_view(
     job: Any,  # The queue's `Job` (or an object with the same attributes)
     cancel_requested: bool = False,  # True when a cancel was requested through the service
+    no_report: Collection[Tuple[Any, Any]] = (QUEUE_INITIAL_PROGRESS,),  # (progress, message) pairs that mean the plugin has not reported yet
 ) -> JobView:  # Normalised view
     "Build the normalised `JobView` of a queue job."
     status = normalize_status(getattr(job, "status", None))
     cancel_requested = cancel_requested or getattr(job, "cancel_requested_at", None) is not None
-    progress = normalize_progress(getattr(job, "progress", None))
-    message = getattr(job, "status_message", "") or ""
-    if not isinstance(message, str): message = str(message)
-    error = None
-    raw_error = getattr(job, "error", None)
-
     if status == "running" and cancel_requested:
         status = "cancelling"
-    elif status == "failed" and (cancel_requested and _was_cancelled_by_plugin(job)):
+    elif status == "failed" and cancel_requested and _was_cancelled_by_plugin(job):
         status = "cancelled"
-    elif status == "failed" and raw_error is not None:
-        error = JobErrorSummary(category=str(getattr(raw_error, "category", "") or "unknown"),
-                                message=str(getattr(raw_error, "message", "") or raw_error))
-    elif status == "failed":
-        error = JobErrorSummary(category="unknown", message="The job failed without an error message.")
 
-    if status == "completed": progress, message = 1.0, "Completed"
-    elif status == "cancelled": message = "Cancelled"
-    elif status == "failed": message = "Failed"
-
+    pair = (getattr(job, "progress", None), getattr(job, "status_message", ""))
+    progress, message = _progress_and_message(status, pair, reported=not _matches_any(pair, no_report))
     phase = getattr(job, "cancel_phase", None)
     return JobView(
         job_id=str(getattr(job, "id", "")),
@@ -90,7 +105,8 @@ def job_to_view(
         submitted_at=to_epoch(getattr(job, "submitted_at", None)),
         started_at=to_epoch(getattr(job, "started_at", None)),
         completed_at=to_epoch(getattr(job, "completed_at", None)) if status in TERMINAL_STATUSES else None,
-        error=error, result=getattr(job, "result", None) if status == "completed" else None,
+        error=_error_summary(getattr(job, "error", None)) if status == "failed" else None,
+        result=getattr(job, "result", None) if status == "completed" else None,
         cancel_phase=getattr(phase, "value", phase),
     )
 
@@ -138,6 +154,8 @@ class ProcessTreeSampler:
             return cpu, rss / 2**20, pids
 
 # %% ../../nbs/services/monitor.ipynb #9ad33db4
+NVML_FAILURE_LOG_EVERY = 100  # After the first failed NVML query, log one in this many
+
 def _decode(value: Any) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
@@ -145,10 +163,13 @@ class NvmlReader:
     "Per-process GPU memory and device figures from NVML, initialised once, lazily."
     def __init__(self, module: Any = None):  # The `pynvml` module, or None to import it on first use
         self._module, self._ready, self._reason = module, None, None
+        self._failures = 0
         self._lock = threading.Lock()
 
     @property
-    def unavailable_reason(self) -> Optional[str]: return self._reason
+    def unavailable_reason(self) -> Optional[str]:
+        "Why NVML could not be started, or None while it works or was not tried yet."
+        return self._reason
 
     def _init(self) -> bool:
         if self._ready is not None: return self._ready
@@ -174,7 +195,7 @@ class NvmlReader:
             for proc in procs:
                 if proc.pid in pids:
                     found = True
-                    mem = getattr(proc, "usedGpuMemory", None)
+                    mem = getattr(proc, "usedGpuMemory", None)  # None where the driver does not report it
                     if isinstance(mem, int) and mem >= 0: used += mem / 2**20
         return used if found else None
 
@@ -200,18 +221,87 @@ class NvmlReader:
                 return dict(gpu_index=index, gpu_memory_mb=used, gpu_name=_decode(nv.nvmlDeviceGetName(handle)),
                             gpu_total_mb=mem.total / 2**20, gpu_load_percent=float(util.gpu))
             except nv.NVMLError as e:
-                logger.warning("NVML query failed: %s", e)
+                self._failures += 1
+                if self._failures == 1 or self._failures % NVML_FAILURE_LOG_EVERY == 0:
+                    logger.warning("NVML query failed (%d failures so far): %s", self._failures, e)
                 return None
 
 # %% ../../nbs/services/monitor.ipynb #0d859c83
-STDOUT_GRACE_S = 0.25  # Seconds after completion during which stdout still belongs to the job
+STDOUT_GRACE_S = 1.0  # Seconds after a job ends during which its worker's stdout still belongs to it
+LOG_SETTLE_S = 0.3  # Seconds a running job's newest lines wait, so both streams merge in time order
 
 @dataclass
 class LogCursor:
-    "Read position in one job's log."
-    record_seq: Optional[int] = None  # Last diagnostics record seq read
-    chunk_seq: Optional[int] = None  # Last stdout chunk seq read
-    line_seq: int = 0  # Number of lines handed out so far
+    "Read position in one job's log; pass it back to `read_job_log` to get only what is new."
+    record_seq: Optional[int] = None  # Seq of the last logging record returned
+    chunk_seq: Optional[int] = None  # Seq of the last stdout chunk read, returned or skipped
+    stdout_session: Optional[str] = None  # Worker session whose stdout the job's lines come from
+    line_seq: int = 0  # Lines returned so far
+    complete: bool = False  # True once the job has ended and every line of its log was returned
+
+def _item_ts(item: Any) -> float:
+    return to_epoch(getattr(item, "ts", None)) or 0.0
+
+def record_to_line(
+    record: Any,  # A `DiagnosticRecord`: message, level, logger_name, ts, exc_text
+) -> LogLine:  # Line with seq 0; `merge_log_batch` numbers it
+    "Convert a logging record from the diagnostics store to a `LogLine`."
+    message = record.message if isinstance(record.message, str) else str(record.message)
+    if getattr(record, "exc_text", None): message = f"{message}\n{record.exc_text}"
+    return LogLine(seq=0, ts=_item_ts(record), level=str(record.level or "INFO").upper(),
+                   message=message, source="log", logger=record.logger_name or "")
+
+def chunk_to_line(
+    chunk: Any,  # A `StreamChunk`: content, ts
+) -> LogLine:  # Line with seq 0; `merge_log_batch` numbers it
+    "Convert a captured stdout line to a `LogLine` at level INFO."
+    return LogLine(seq=0, ts=_item_ts(chunk), level="INFO", message=str(chunk.content), source="stdout")
+
+def merge_log_batch(
+    records: Sequence[Any],  # Logging records after `cursor.record_seq`, in seq order
+    chunks: Sequence[Any],  # Stdout chunks after `cursor.chunk_seq`, in seq order
+    cursor: LogCursor,  # Where the previous read stopped
+    window: Tuple[float, float],  # (start, end) epoch seconds in which stdout belongs to the job
+    horizon: float = math.inf,  # Lines newer than this (epoch seconds) wait for a later read
+    records_truncated: bool = False,  # True when `records` was cut at the read limit
+    chunks_truncated: bool = False,  # True when `chunks` was cut at the read limit
+) -> Tuple[List[LogLine], LogCursor]:  # New lines in time order, numbered after `cursor.line_seq`, and the next cursor
+    "Merge one batch of records and stdout chunks in time order, holding back lines that may still gain predecessors."
+    if records_truncated and records: horizon = min(horizon, max(map(_item_ts, records)))
+    if chunks_truncated and chunks: horizon = min(horizon, max(map(_item_ts, chunks)))
+
+    lines, record_seq = [], cursor.record_seq
+    for record in records:
+        if _item_ts(record) > horizon: break
+        lines.append(record_to_line(record))
+        record_seq = record.seq
+
+    start, end = window
+    chunk_seq = cursor.chunk_seq
+    for chunk in chunks:
+        ts = _item_ts(chunk)
+        if ts > horizon: break
+        if start <= ts <= end: lines.append(chunk_to_line(chunk))
+        chunk_seq = chunk.seq  # a chunk outside the window belongs to another job: skip it for good
+
+    lines.sort(key=lambda line: line.ts)  # stable: a record stays before a chunk with the same time
+    for offset, line in enumerate(lines, start=1): line.seq = cursor.line_seq + offset
+    return lines, replace(cursor, record_seq=record_seq, chunk_seq=chunk_seq, line_seq=cursor.line_seq + len(lines))
+
+# %% ../../nbs/services/monitor.ipynb #3c6a0f52
+def count_event_subscriptions(
+    queue: JobQueue,  # The job queue
+    job_id: Optional[str] = None,  # Count only this job's subscriptions; None counts all
+) -> int:  # Live subscriptions
+    "Count the live subscriptions to a queue's events."
+    # NOTE: reads the private JobQueue._subscribers of cjm-plugin-system 0.0.46, a dict from "job:<id>",
+    # "comp:<id>" or "all" to a list of subscriptions. The queue offers no public count.
+    subscribers = getattr(queue, "_subscribers", None)
+    if not isinstance(subscribers, dict):
+        raise TypeError("JobQueue._subscribers is missing or no longer a dict; "
+                        "update count_event_subscriptions to the queue's new subscription table.")
+    if job_id is not None: return len(subscribers.get(f"job:{job_id}", ()))
+    return sum(len(subs) for subs in subscribers.values())
 
 # %% ../../nbs/services/monitor.ipynb #e01bcbfb
 class JobMonitorService:
@@ -226,9 +316,11 @@ class JobMonitorService:
         resource_min_interval_s: float = 0.5,  # Callers within this many seconds share one resource sample
     ):
         self._queue, self._manager, self._sysmon_plugin_name = queue, manager, sysmon_plugin_name
-        self._cancel_requested: set = set()
-        self._job_streams: Dict[str, Tuple[Optional[str], Optional[int]]] = {}  # job_id -> (worker session, chunk seq at submit)
-        self._stale_progress: Dict[str, Tuple[Any, Any]] = {}  # job_id -> worker's progress report left by the previous job
+        self._cancel_requested: Set[str] = set()
+        self._job_streams: Dict[str, Tuple[Optional[str], Optional[int]]] = {}  # job_id -> (worker session, last chunk seq) at submit
+        self._no_report: Dict[str, Set[Tuple[Any, Any]]] = {}  # job_id -> (progress, message) pairs meaning "not reported yet"; empty once reported
+        self._awaiting_leftover: Set[str] = set()  # Jobs whose worker's leftover progress is read once the jobs ahead of them end
+        self._background: Set[asyncio.Task] = set()
         self._sampler = ProcessTreeSampler()
         self._nvml = NvmlReader(nvml_module)
         self._resource_min_interval_s = resource_min_interval_s
@@ -240,6 +332,19 @@ class JobMonitorService:
     def queue(self) -> JobQueue: return self._queue
     @property
     def manager(self) -> PluginManager: return self._manager
+
+    def count_event_subscriptions(
+        self,
+        job_id: Optional[str] = None,  # Count only this job's subscriptions; None counts all
+    ) -> int:  # Live subscriptions to the queue's events
+        "Count the live subscriptions to the queue's events, for tests and diagnostics."
+        return count_event_subscriptions(self._queue, job_id)
+
+    async def aclose(self) -> None:
+        "Stop the service's background tasks; call before stopping the queue."
+        tasks = list(self._background)
+        for task in tasks: task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 # %% ../../nbs/services/monitor.ipynb #2cffe3cb
 class PluginNotAvailableError(RuntimeError):
@@ -257,11 +362,17 @@ async def submit_job(
     proxy = self._manager.get_plugin(plugin_name)
     if proxy is None:
         raise PluginNotAvailableError(f"Plugin {plugin_name!r} is not loaded; load it before submitting jobs.")
-    stale = await self._read_worker_progress(proxy)
+    jobs_ahead = self._active_job_ids(plugin_name)
+    leftover = None if jobs_ahead else await self._read_worker_progress(proxy)
     job_id = await self._queue.submit(plugin_name, *args, priority=priority, **kwargs)
-    if stale is not None: self._stale_progress[job_id] = stale
+
+    self._forget_finished_jobs()
+    self._no_report[job_id] = {QUEUE_INITIAL_PROGRESS} | ({leftover} if leftover is not None else set())
     session = getattr(proxy, "worker_session_id", None)
     self._job_streams[job_id] = (session, self._last_chunk_seq(session))
+    if jobs_ahead:
+        self._awaiting_leftover.add(job_id)
+        self._run_in_background(self._learn_leftover_after(job_id, plugin_name, jobs_ahead))
     return job_id
 
 @patch
@@ -290,92 +401,155 @@ def get_job_view(
     "Get the normalised view of a job."
     job = self._queue.get_job(job_id)
     if job is None: return None
-    view = job_to_view(job, cancel_requested=job_id in self._cancel_requested)
-    stale = self._stale_progress.get(job_id)
-    if stale is not None and view.status in ("running", "cancelling", "pending"):
-        if (job.progress, job.status_message) == stale:
-            view.progress, view.message = None, "Starting"
-        elif view.status != "pending":
-            del self._stale_progress[job_id]  # the plugin reported its own progress
-    elif stale is not None:
-        del self._stale_progress[job_id]
-    return view
+    no_report = self._no_report.setdefault(job_id, {QUEUE_INITIAL_PROGRESS})
+    pair = (job.progress, job.status_message)
+    if job_id in self._awaiting_leftover:
+        return job_to_view(job, job_id in self._cancel_requested, no_report=[*no_report, pair])
+    if no_report and normalize_status(job.status) == "running" and not _matches_any(pair, no_report):
+        no_report.clear()  # the plugin reported: from now on every value is its own
+    return job_to_view(job, job_id in self._cancel_requested, no_report=no_report)
+
+# %% ../../nbs/services/monitor.ipynb #5d7c0e2a
+@patch
+def _active_job_ids(self: JobMonitorService, plugin_name: str) -> List[str]:
+    "Return the IDs of the plugin's pending and running jobs."
+    jobs = [*self._queue.get_running_jobs(), *self._queue.get_pending()]
+    return [job.id for job in jobs if job.plugin_instance_id == plugin_name]
 
 @patch
 async def _read_worker_progress(self: JobMonitorService, proxy: Any) -> Optional[Tuple[Any, Any]]:
-    "The worker's current progress report, which a new job shows until its plugin reports its own."
-    getter = getattr(proxy, "get_progress", None)
-    if getter is None: return None
+    "Read the worker's current (progress, message) report."
+    read_async, read_sync = getattr(proxy, "get_progress_async", None), getattr(proxy, "get_progress", None)
     try:
-        info = await asyncio.to_thread(getter)
-    except Exception as e:
-        logger.debug("Reading the worker's progress before submitting failed: %s", e)
+        # The async read goes out at once, ahead of the queue's next dispatch; a thread may start later.
+        if read_async is not None: info = await read_async()
+        elif read_sync is not None: info = await asyncio.to_thread(read_sync)
+        else: return None
+    except Exception as e:  # best effort: without the report, only the leftover check is lost
+        logger.warning("Reading the progress of worker %s failed: %s", getattr(proxy, "name", proxy), e)
         return None
     return (info.get("progress", 0.0), info.get("message", "")) if isinstance(info, dict) else None
 
-# %% ../../nbs/services/monitor.ipynb #78d96f1e
 @patch
-def _last_chunk_seq(self: JobMonitorService, session: Optional[str]) -> Optional[int]:
-    if session is None: return None
+async def _learn_leftover_after(self: JobMonitorService, job_id: str, plugin_name: str, jobs_ahead: List[str]) -> None:
+    "Wait for `jobs_ahead` to end, then record the progress report they leave on the worker for `job_id`."
     try:
-        last = self._manager.diagnostics_store.query_chunks(worker_session_id=session, limit=1, descending=True)
-    except Exception as e:
-        logger.warning("Reading stdout chunks of worker session %s failed: %s", session, e)
-        return None
-    return last[0].seq if last else 0
+        for earlier in jobs_ahead:
+            try:
+                await self._queue.wait_for_job(earlier)
+            except (ValueError, TimeoutError):
+                continue  # the queue has dropped that job from its history
+        proxy = self._manager.get_plugin(plugin_name)
+        # NOTE: races with the start of `job_id`: a report its plugin makes before this read is taken
+        # for the leftover, and the job shows "Starting" until its plugin reports something else.
+        leftover = await self._read_worker_progress(proxy) if proxy is not None else None
+        no_report = self._no_report.get(job_id)
+        if leftover is not None and no_report: no_report.add(leftover)
+    finally:
+        self._awaiting_leftover.discard(job_id)
 
-def _record_line(record: Any) -> LogLine:
-    message = record.message if isinstance(record.message, str) else str(record.message)
-    if getattr(record, "exc_text", None): message = f"{message}\n{record.exc_text}"
-    return LogLine(seq=0, ts=to_epoch(record.ts) or time.time(), level=str(record.level or "INFO").upper(),
-                   message=message, source="log", logger=record.logger_name or "")
+@patch
+def _run_in_background(self: JobMonitorService, coro: Any) -> None:
+    task = asyncio.create_task(coro)
+    self._background.add(task)
+    task.add_done_callback(self._background.discard)
 
+@patch
+def _forget_finished_jobs(self: JobMonitorService) -> None:
+    "Drop the state of jobs that the queue no longer knows."
+    for table in (self._no_report, self._job_streams):
+        for job_id in list(table):
+            if self._queue.get_job(job_id) is None: table.pop(job_id, None)
+    self._cancel_requested = {job_id for job_id in self._cancel_requested if self._queue.get_job(job_id) is not None}
+
+# %% ../../nbs/services/monitor.ipynb #78d96f1e
 @patch
 def read_job_log(
     self: JobMonitorService,
     job_id: str,  # Queue job ID
     cursor: Optional[LogCursor] = None,  # Where the previous read stopped; None reads from the start
-    limit: int = 1000,  # Most records and most stdout chunks read from the store per call
+    limit: int = 1000,  # Most records and most stdout chunks read from the store per query
 ) -> Tuple[List[LogLine], LogCursor]:  # New lines in time order, and the cursor for the next read
     "Read the lines of a job's log added since `cursor`."
     cursor = cursor or LogCursor()
-    try:
-        records = self._queue.get_job_diagnostics(job_id, limit=limit, after_seq=cursor.record_seq)
-    except Exception as e:
-        logger.warning("Reading diagnostics of job %s failed: %s", job_id, e)
-        records = []
-    lines = [_record_line(r) for r in records]
-    record_seq = records[-1].seq if records else cursor.record_seq
+    job = self._queue.get_job(job_id)
+    active = job is not None and normalize_status(job.status) in ACTIVE_STATUSES
+    if job is not None and to_epoch(job.started_at) is None:
+        return [], replace(cursor, complete=not active)  # a job that never started has no log
+    window = self._stdout_window(job, active)
 
-    chunk_lines, chunk_seq = self._read_stdout(job_id, cursor.chunk_seq, limit, records)
-    lines.extend(chunk_lines)
-    lines.sort(key=lambda line: line.ts)
-    for offset, line in enumerate(lines, start=1): line.seq = cursor.line_seq + offset
-    return lines, LogCursor(record_seq=record_seq, chunk_seq=chunk_seq, line_seq=cursor.line_seq + len(lines))
+    lines: List[LogLine] = []
+    while True:
+        records = self._read_records(job_id, cursor.record_seq, limit)
+        chunks, cursor = self._read_stdout(job, active, records, cursor, limit)
+        horizon = time.time() - LOG_SETTLE_S if active else math.inf
+        records_full, chunks_full = len(records) >= limit, len(chunks) >= limit
+        batch, next_cursor = merge_log_batch(records, chunks, cursor, window, horizon,
+                                             records_truncated=records_full, chunks_truncated=chunks_full)
+        moved = (next_cursor.record_seq, next_cursor.chunk_seq) != (cursor.record_seq, cursor.chunk_seq)
+        lines.extend(batch)
+        cursor = next_cursor
+        truncated = records_full or chunks_full
+        if batch or not truncated or not moved: break  # read on only past pages of other jobs' stdout
+
+    settled = job is None or time.time() >= window[1] + LOG_SETTLE_S  # late stdout can still arrive until then
+    complete = not active and not truncated and settled
+    return lines, replace(cursor, complete=complete)
 
 @patch
-def _read_stdout(self: JobMonitorService, job_id: str, after_seq: Optional[int], limit: int,
-                 records: Sequence[Any]) -> Tuple[List[LogLine], Optional[int]]:
-    job = self._queue.get_job(job_id)
-    started = to_epoch(getattr(job, "started_at", None)) if job is not None else None
-    if started is None: return [], after_seq  # stdout before the job starts belongs to earlier jobs
-    session, submit_seq = self._job_streams.get(job_id, (None, None))
-    if session is None and records: session = getattr(records[0], "worker_session_id", None)
-    if session is None: return [], after_seq
-    if after_seq is None: after_seq = submit_seq
+def _read_records(self: JobMonitorService, job_id: str, after_seq: Optional[int], limit: int) -> List[Any]:
     try:
-        chunks = self._manager.diagnostics_store.query_chunks(worker_session_id=session, after_seq=after_seq, limit=limit)
-    except Exception as e:
-        logger.warning("Reading stdout of job %s failed: %s", job_id, e)
-        return [], after_seq
-    completed = to_epoch(getattr(job, "completed_at", None))
-    end = completed + STDOUT_GRACE_S if completed is not None else math.inf
-    lines = []
-    for chunk in chunks:
-        ts = to_epoch(chunk.ts) or 0.0
-        if started <= ts <= end:
-            lines.append(LogLine(seq=0, ts=ts, level="INFO", message=str(chunk.content), source="stdout"))
-    return lines, (chunks[-1].seq if chunks else after_seq)
+        return list(self._queue.get_job_diagnostics(job_id, limit=limit, after_seq=after_seq))
+    except sqlite3.Error as e:
+        logger.warning("Reading the log records of job %s failed: %s", job_id, e)
+        return []
+
+@patch
+def _stdout_window(self: JobMonitorService, job: Optional[Job], active: bool) -> Tuple[float, float]:
+    "Return the (start, end) epoch seconds in which the worker's stdout belongs to `job`."
+    if job is None: return (math.inf, math.inf)  # the queue forgot the job: its records remain, its stdout cannot be placed
+    start = to_epoch(job.started_at)
+    if active: return (start, math.inf)
+    end = (to_epoch(job.completed_at) or time.time()) + STDOUT_GRACE_S
+    for other in [*self._queue.get_history(), *self._queue.get_running_jobs()]:
+        other_start = to_epoch(other.started_at)
+        if other.id != job.id and other.plugin_instance_id == job.plugin_instance_id and other_start is not None:
+            if start < other_start < end: end = other_start  # the next job's stdout starts here
+    return (start, end)
+
+@patch
+def _read_stdout(self: JobMonitorService, job: Optional[Job], active: bool, records: Sequence[Any],
+                 cursor: LogCursor, limit: int) -> Tuple[List[Any], LogCursor]:
+    "Read the stdout chunks after the cursor from the worker session that ran `job`."
+    if job is None: return [], cursor
+    submit_session, submit_seq = self._job_streams.get(job.id, (None, None))
+    session = cursor.stdout_session
+    if session is None and records: session = getattr(records[0], "worker_session_id", None)
+    if session is None:
+        proxy = self._manager.get_plugin(job.plugin_instance_id)
+        current = getattr(proxy, "worker_session_id", None)
+        session = current if active or submit_session is None else submit_session
+    if session is None: return [], cursor
+    if session != cursor.stdout_session:
+        cursor = replace(cursor, stdout_session=session, chunk_seq=submit_seq if session == submit_session else None)
+    try:
+        chunks = self._manager.diagnostics_store.query_chunks(
+            worker_session_id=session, after_seq=cursor.chunk_seq, limit=limit)
+    except sqlite3.Error as e:
+        logger.warning("Reading the stdout of job %s (worker session %s) failed: %s", job.id, session, e)
+        return [], cursor
+    return list(chunks), cursor
+
+@patch
+def _last_chunk_seq(self: JobMonitorService, session: Optional[str]) -> Optional[int]:
+    "Return the seq of the session's newest stdout chunk, 0 when it has none, or None when unknown."
+    if session is None: return None
+    try:
+        last = self._manager.diagnostics_store.query_chunks(worker_session_id=session, limit=1, descending=True)
+    except sqlite3.Error as e:
+        logger.warning("Reading stdout chunks of worker session %s failed: %s", session, e)
+        return None
+    return last[0].seq if last else 0
 
 @patch
 def get_logs(
@@ -391,22 +565,19 @@ def get_logs(
     session = getattr(proxy, "worker_session_id", None)
     if session is None: return ""
     store = self._manager.diagnostics_store
-    entries = [_record_line(r) for r in store.query_records(worker_session_id=session, limit=lines, descending=True)]
-    entries += [LogLine(0, to_epoch(c.ts) or 0.0, "INFO", str(c.content), "stdout")
-                for c in store.query_chunks(worker_session_id=session, limit=lines, descending=True)]
+    entries = [record_to_line(r) for r in store.query_records(worker_session_id=session, limit=lines, descending=True)]
+    entries += [chunk_to_line(c) for c in store.query_chunks(worker_session_id=session, limit=lines, descending=True)]
     entries.sort(key=lambda line: line.ts)
     return "\n".join(line.format() for line in entries[-lines:])
 
 # %% ../../nbs/services/monitor.ipynb #edc14b61
 @patch
 def _worker_pid(self: JobMonitorService, plugin_name: str) -> Optional[int]:
+    "Return the PID of the plugin's live worker process, or None."
     proxy = self._manager.get_plugin(plugin_name)
     process = getattr(proxy, "process", None)
     if process is None: return None
-    try:
-        return process.pid if process.poll() is None else None
-    except Exception:
-        return None
+    return process.pid if process.poll() is None else None
 
 @patch
 def get_resource_snapshot(
@@ -436,31 +607,44 @@ def _sample_resources(self: JobMonitorService, pid: int) -> Optional[ResourceSna
     if gpu is None and self._nvml.unavailable_reason is not None: gpu = self._sysmon_gpu(pids)
     return replace(snapshot, **gpu) if gpu else snapshot
 
+def _field(obj: Any, name: str, default: Any = None) -> Any:
+    return obj.get(name, default) if isinstance(obj, dict) else getattr(obj, name, default)
+
+@patch
+def _warn_sysmon_once(self: JobMonitorService, reason: str) -> None:
+    if self._sysmon_warned: return
+    self._sysmon_warned = True
+    logger.warning("System monitor plugin %r gives no GPU figures, which will be shown as n/a: %s",
+                   self._sysmon_plugin_name, reason)
+
 @patch
 def _sysmon_gpu(self: JobMonitorService, pids: Sequence[int]) -> Optional[Dict[str, Any]]:
-    "GPU figures from the system-monitor plugin, used when NVML is unavailable."
+    "Read GPU figures from the system-monitor plugin, used when NVML is unavailable."
     if not self._sysmon_plugin_name: return None
     sysmon = self._manager.get_plugin(self._sysmon_plugin_name)
-    if sysmon is None or not hasattr(sysmon, "list_processes"): return None
-    def field(obj, name, default=None):
-        return obj.get(name, default) if isinstance(obj, dict) else getattr(obj, name, default)
-    try:
-        procs = sysmon.list_processes() or []
-        status = sysmon.get_system_status() if hasattr(sysmon, "get_system_status") else None
-    except Exception as e:
-        if not self._sysmon_warned:
-            logger.warning("System monitor plugin %s failed: %s", self._sysmon_plugin_name, e)
-            self._sysmon_warned = True
+    if sysmon is None or not hasattr(sysmon, "list_processes"):
+        self._warn_sysmon_once("it is not loaded or has no list_processes()")
         return None
-    pid_set, used, index = set(pids), 0.0, None
+    try:
+        procs = sysmon.list_processes()
+        status = sysmon.get_system_status() if hasattr(sysmon, "get_system_status") else None
+    except Exception as e:  # third-party plugin code behind a proxy: any error means no figures
+        self._warn_sysmon_once(f"{type(e).__name__}: {e}")
+        return None
+    if procs is None:
+        self._warn_sysmon_once("list_processes() returned None")
+        return None
+
+    pid_set, used, index, best = set(pids), 0.0, None, -1.0
     for proc in procs:
-        if field(proc, "pid") in pid_set:
-            used += float(field(proc, "gpu_memory_mb", 0.0) or 0.0)
-            index = field(proc, "gpu_index", index)
+        if _field(proc, "pid") not in pid_set: continue
+        mem = float(_field(proc, "gpu_memory_mb", 0.0) or 0.0)
+        used += mem
+        if mem > best: best, index = mem, _field(proc, "gpu_index")
     return dict(gpu_memory_mb=used, gpu_index=index,
-                gpu_name=field(status, "gpu_name") if status else None,
-                gpu_total_mb=field(status, "gpu_total_memory_mb") if status else None,
-                gpu_load_percent=field(status, "gpu_load_percent") if status else None)
+                gpu_name=(_field(status, "gpu_name") or _field(status, "gpu_type")) if status else None,
+                gpu_total_mb=_field(status, "gpu_total_memory_mb") if status else None,
+                gpu_load_percent=_field(status, "gpu_load_percent") if status else None)
 
 # %% ../../nbs/services/monitor.ipynb #76e7f76f
 def _view_key(view: JobView) -> tuple:
@@ -470,13 +654,13 @@ def _view_key(view: JobView) -> tuple:
 async def watch_job(
     self: JobMonitorService,
     job_id: str,  # Queue job ID
-    resync_s: float = 1.0,  # Seconds without an event after which the job is re-read anyway
+    resync_s: float = 5.0,  # Seconds without an event after which the job is re-read anyway
 ) -> AsyncIterator[JobView]:  # Views, first the current one, last the terminal one
     "Follow a job's state changes until it ends."
     events = self._queue.events(job_id)
-    next_event = asyncio.ensure_future(events.__anext__())
+    next_event = asyncio.ensure_future(anext(events))
     try:
-        await asyncio.sleep(0)  # lets the subscription register before the first read
+        await asyncio.sleep(0)  # the subscription registers when the generator first runs
         last_key = None
         while True:
             view = self.get_job_view(job_id)
@@ -488,11 +672,11 @@ async def watch_job(
             if view.is_terminal: return
             done, _ = await asyncio.wait({next_event}, timeout=resync_s)
             if next_event in done:
-                try: next_event.result()
-                except StopAsyncIteration: next_event = asyncio.get_running_loop().create_future()
-                else: next_event = asyncio.ensure_future(events.__anext__())
+                if isinstance(next_event.exception(), StopAsyncIteration):
+                    next_event = asyncio.get_running_loop().create_future()  # the queue closed the stream: resync only
+                else:
+                    next_event = asyncio.ensure_future(anext(events))
     finally:
         next_event.cancel()
-        try: await next_event
-        except (asyncio.CancelledError, StopAsyncIteration): pass
+        await asyncio.gather(next_event, return_exceptions=True)
         await events.aclose()

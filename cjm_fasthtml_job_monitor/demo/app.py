@@ -134,6 +134,7 @@ def create_demo_app(
     async def shutdown():
         for job in queue.get_running_jobs() + queue.get_pending():
             await queue.cancel(job.id)
+        await service.aclose()
         await queue.stop()
         manager.unload_all()
         reset_config()

@@ -14,21 +14,22 @@ import time
 from functools import lru_cache
 from importlib.resources import files
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence, Union
+from typing import List, Optional, Sequence, Union
 from urllib.parse import quote
 
-from fasthtml.common import FT, Button, Dialog, Div, Form, H3, Input, Link, Script, Span
+from fasthtml.common import FT, Button, Dialog, Div, Form, H2, Input, Label, Link, Script, Span
 from starlette.responses import Response
 
-from cjm_fasthtml_daisyui.components.actions.button import btn, btn_colors, btn_modifiers, btn_sizes, btn_styles
+from cjm_fasthtml_daisyui.components.actions.button import btn, btn_modifiers, btn_sizes, btn_styles
 from cjm_fasthtml_daisyui.components.actions.modal import modal, modal_action, modal_backdrop, modal_box
 from cjm_fasthtml_daisyui.components.navigation.tabs import tab, tab_content, tabs, tabs_styles
-from cjm_fasthtml_daisyui.utilities.semantic_colors import bg_dui, border_dui
+from cjm_fasthtml_daisyui.utilities.semantic_colors import bg_dui, border_dui, text_dui
 from cjm_fasthtml_lucide_icons.factory import lucide_icon
 from cjm_fasthtml_tailwind.core.base import combine_classes
 from cjm_fasthtml_tailwind.utilities.flexbox_and_grid import flex_display, gap, items
 from cjm_fasthtml_tailwind.utilities.layout import position
-from cjm_fasthtml_tailwind.utilities.sizing import max_w, w
+from cjm_fasthtml_tailwind.utilities.accessibility import sr_only
+from cjm_fasthtml_tailwind.utilities.sizing import max_w, min_h, w
 from cjm_fasthtml_tailwind.utilities.spacing import m, p
 from cjm_fasthtml_tailwind.utilities.typography import font_size, font_weight
 
@@ -37,7 +38,7 @@ from .tabs.progress_tab import render_progress_tab
 from .tabs.resources_tab import render_resources_tab
 from ..html_ids import JobMonitorHtmlIds
 from cjm_fasthtml_job_monitor.models import (
-    TERMINAL_STATUSES, JobMonitorConfig, JobMonitorUrls, ResourceSnapshot, normalize_status,
+    TERMINAL_STATUSES, JobMonitorConfig, JobMonitorUrls, LogLine, ResourceSnapshot, normalize_status,
 )
 
 # %% auto #0
@@ -163,9 +164,9 @@ def render_footer_oob(
     if is_active:
         target = f"{urls.cancel}?job_id={quote(str(job_id), safe='')}" if job_id else urls.cancel
         cancel = Button(
-            lucide_icon("circle-stop", size=4, aria_hidden="true"), Span("Cancel job"),
+            lucide_icon("circle-stop", size=4, aria_hidden="true", cls=str(text_dui.error)), Span("Cancel job"),
             type="button", hx_post=target, hx_swap="none", hx_disabled_elt="this", data_jm_cancel="1",
-            cls=combine_classes(btn, btn_colors.error, btn_styles.soft, gap._2),
+            cls=combine_classes(btn, gap._2),
         )
     footer = Div(cancel, _close_form(), id=ids.modal_footer, cls=combine_classes(modal_action, gap._2))
     if oob: footer.attrs["hx-swap-oob"] = "true"
@@ -185,13 +186,24 @@ def render_tab_content_oob(
     completed_at: Optional[float] = None,  # Unix timestamp
     logs: str = '',  # Log text
     resources: Optional[ResourceSnapshot] = None,  # Resource data
+    *,
+    now: Optional[float] = None,  # Server epoch seconds for the elapsed time; defaults to time.time()
+    eta_s: Optional[float] = None,  # Estimated seconds remaining
+    error_message: Optional[str] = None,  # Error shown for a failed job
+    label: str = "",  # Context label such as "Source 2/3"
+    log_lines: Optional[Sequence[LogLine]] = None,  # Structured log lines; replace `logs` when given
+    log_url: str = "",  # URL of the job's whole log; empty hides the download link
+    dom_limit: int = 1000,  # Most log lines the browser keeps
+    history: Optional[Sequence[ResourceSnapshot]] = None,  # Earlier resource snapshots for the charts
 ) -> tuple:  # (progress_div, logs_div, resources_div) with OOB attrs
     "Render the three tab inner content divs as OOB swap targets."
+    progress = render_progress_tab(ids, status, progress_value, status_message, started_at, completed_at,
+                                   error_message=error_message, label=label, now=now, eta_s=eta_s)
+    logs_tab = render_logs_tab(ids, logs, log_lines=log_lines, log_url=log_url, dom_limit=dom_limit)
     return (
-        _make_tab_oob(ids.tab_progress, render_progress_tab(ids, status, progress_value, status_message,
-                                                            started_at, completed_at)),
-        _make_tab_oob(ids.tab_logs, render_logs_tab(ids, logs)),
-        _make_tab_oob(ids.tab_resources, render_resources_tab(resources)),
+        _make_tab_oob(ids.tab_progress, progress),
+        _make_tab_oob(ids.tab_logs, logs_tab),
+        _make_tab_oob(ids.tab_resources, render_resources_tab(resources, history=history)),
     )
 
 def render_sse_response(
@@ -208,12 +220,24 @@ def render_sse_response(
     extra_oob: Optional[List[FT]] = None,  # Additional OOB elements (cleanup, callbacks)
     *,
     job_id: str = "",  # Job the footer's Cancel button cancels
+    now: Optional[float] = None,  # Server epoch seconds for the elapsed time; defaults to time.time()
+    eta_s: Optional[float] = None,  # Estimated seconds remaining
+    error_message: Optional[str] = None,  # Error shown for a failed job
+    label: str = "",  # Context label such as "Source 2/3"
+    log_lines: Optional[Sequence[LogLine]] = None,  # Structured log lines for the logs tab; replace `logs`
+    log_url: str = "",  # URL of the job's whole log; empty hides the download link
+    dom_limit: int = 1000,  # Most log lines the browser keeps
+    history: Optional[Sequence[ResourceSnapshot]] = None,  # Earlier resource snapshots for the charts
 ) -> FT:  # Div wrapping all OOB elements for sse_message()
     "Build the out-of-band update for one SSE message, with only the parts that changed."
-    parts = [_make_tab_oob(ids.tab_progress, render_progress_tab(ids, status, progress_value, status_message,
-                                                                started_at, completed_at))]
-    if logs is not None: parts.append(_make_tab_oob(ids.tab_logs, render_logs_tab(ids, logs)))
-    if resources is not None: parts.append(_make_tab_oob(ids.tab_resources, render_resources_tab(resources)))
+    progress = render_progress_tab(ids, status, progress_value, status_message, started_at, completed_at,
+                                   error_message=error_message, label=label, now=now, eta_s=eta_s)
+    parts = [_make_tab_oob(ids.tab_progress, progress)]
+    if logs is not None or log_lines is not None:
+        logs_tab = render_logs_tab(ids, logs or "", log_lines=log_lines, log_url=log_url, dom_limit=dom_limit)
+        parts.append(_make_tab_oob(ids.tab_logs, logs_tab))
+    if resources is not None:
+        parts.append(_make_tab_oob(ids.tab_resources, render_resources_tab(resources, history=history)))
     if include_footer:
         active = normalize_status(status) not in TERMINAL_STATUSES
         parts.append(render_footer_oob(ids, urls, is_active=active, job_id=job_id))
@@ -221,19 +245,21 @@ def render_sse_response(
     return Div(*parts)
 
 # %% ../../nbs/components/modal.ipynb #abca8db9
-_TABS = (("progress", "Progress"), ("logs", "Logs"), ("resources", "Resources"))
+_TABS = (("progress", "Progress", "activity"), ("logs", "Logs", "scroll-text"), ("resources", "Resources", "cpu"))
 
 def _render_tabs(ids: JobMonitorHtmlIds, contents: dict) -> FT:
     "Render the radio tab bar with one panel per tab, each wrapping its OOB target."
+    targets = {"progress": ids.tab_progress, "logs": ids.tab_logs, "resources": ids.tab_resources}
     children = []
-    for name, label in _TABS:
-        children.append(Input(type="radio", name=f"{ids.prefix}-tab", id=ids.tab_button(name), aria_label=label,
-                              checked=(name == "progress"), data_jm_tab=name, cls=str(tab)))
-        inner = Div(contents[name], id={"progress": ids.tab_progress, "logs": ids.tab_logs,
-                                        "resources": ids.tab_resources}[name])
-        children.append(Div(inner, id=ids.tab_panel(name),
-                            cls=combine_classes(tab_content, bg_dui.base_100, border_dui.base_300, p._4)))
-    return Div(*children, id=ids.tabs, cls=combine_classes(tabs, tabs_styles.box))
+    for name, label, icon in _TABS:
+        radio = Input(type="radio", name=f"{ids.prefix}-tab", id=ids.tab_button(name), aria_label=label,
+                      checked=(name == "progress"), data_jm_tab=name)
+        children.append(Label(radio, lucide_icon(icon, size=4, aria_hidden="true"), label,
+                              cls=combine_classes(tab, gap._2)))
+        panel = Div(Div(contents[name], id=targets[name]), id=ids.tab_panel(name),
+                    cls=combine_classes(tab_content, bg_dui.base_100, border_dui.base_300, p._4, min_h._96))
+        children.append(panel)
+    return Div(*children, id=ids.tabs, data_jm_tabs="1", cls=combine_classes(tabs, tabs_styles.box))
 
 def _notify_toggle() -> FT:
     "Render the opt-in notification button; job_monitor.js shows it where browsers support notifications."
@@ -262,6 +288,8 @@ def render_job_modal(
     kb_system_id: Optional[str] = None,  # Keyboard navigation system paused while the modal is open
     now: Optional[float] = None,  # Server epoch seconds for the elapsed time; defaults to time.time()
     error_message: Optional[str] = None,  # Error shown for a failed job
+    eta_s: Optional[float] = None,  # Estimated seconds remaining
+    log_lines: Optional[Sequence[LogLine]] = None,  # Structured log lines; replace `logs` when given
 ) -> FT:  # Dialog element
     "Render the tabbed job modal: progress, logs and resources, a Cancel button and the SSE connection."
     status = normalize_status(status)
@@ -269,20 +297,23 @@ def render_job_modal(
     contents = {
         "progress": render_progress_tab(ids, status, progress_value, status_message, started_at, completed_at,
                                         error_message=error_message, label=label,
-                                        now=time.time() if now is None else now),
-        "logs": render_logs_tab(ids, logs, log_url=log_url, dom_limit=config.log_dom_limit),
+                                        now=time.time() if now is None else now, eta_s=eta_s),
+        "logs": render_logs_tab(ids, logs, log_lines=log_lines, log_url=log_url, dom_limit=config.log_dom_limit),
         "resources": render_resources_tab(resources, history=history),
     }
     close_x = Form(Button(lucide_icon("x", size=4, aria_hidden="true"), aria_label="Close",
                           cls=combine_classes(btn, btn_sizes.sm, btn_modifiers.circle, btn_styles.ghost,
                                               position.absolute, "right-2", "top-2")),
                    method="dialog")
-    header = Div(H3(config.modal_title, id=ids.modal_title, cls=combine_classes(font_size.lg, font_weight.bold)),
+    title = H2(config.modal_title, id=ids.modal_title, data_jm_title_text="1",
+               cls=combine_classes(font_size.lg, font_weight.bold))
+    header = Div(title,
                  _notify_toggle() if config.notifications else None,
                  cls=combine_classes(flex_display, items.center, gap._3, m.b._3, p.r._10))
     body = Div(
         _render_tabs(ids, contents),
-        Div(id=ids.live_region, role="status", aria_live="polite", aria_atomic="true", cls="sr-only"),
+        Div(id=ids.live_region, role="status", aria_live="polite", aria_atomic="true", data_jm_live="1",
+            cls=str(sr_only)),
         render_footer_oob(ids, urls, is_active=active, job_id=job_id, oob=False),
         id=ids.modal_content,
     )

@@ -11,7 +11,7 @@ from typing import Callable, Optional
 
 from fasthtml.common import FT, Button, Div, Span
 
-from cjm_fasthtml_daisyui.components.actions.button import btn, btn_colors, btn_styles
+from cjm_fasthtml_daisyui.components.actions.button import btn, btn_colors
 from cjm_fasthtml_daisyui.components.feedback.loading import loading, loading_sizes, loading_styles
 from cjm_fasthtml_lucide_icons.factory import lucide_icon
 from cjm_fasthtml_tailwind.core.base import combine_classes
@@ -49,7 +49,7 @@ def render_job_trigger(
         hx_disabled_elt="this",
         disabled=bool(disabled),
         data_jm_trigger="1",
-        cls=combine_classes(btn, btn_colors.primary, gap._2),
+        cls=combine_classes(btn, btn_colors.neutral, gap._2),
     )
     return _slot(ids, button)
 
@@ -66,6 +66,6 @@ def render_job_progress_button(
         aria_haspopup="dialog",
         aria_controls=ids.modal,
         data_jm_open_modal=ids.modal,
-        cls=combine_classes(btn, btn_colors.primary, btn_styles.soft, gap._2),
+        cls=combine_classes(btn, btn_colors.neutral, gap._2),
     )
     return _slot(ids, button)

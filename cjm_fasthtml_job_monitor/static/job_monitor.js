@@ -2,10 +2,11 @@
 //
 // The server sends plain HTML over SSE; this script only reads data-jm-* attributes
 // from what arrives, so no update ever carries a script tag. It handles:
-// - opening the modal (data-jm-open, data-jm-open-modal) and pausing keyboard navigation while it is open;
+// - opening the modal (data-jm-open, data-jm-open-modal), keeping it open with its tab and scroll
+//   position when the server replaces it, and pausing keyboard navigation while it is open;
 // - the elapsed time, ticked from the server's figure with one interval for the whole page;
 // - the log view: follow the tail only at the bottom, "jump to latest", line limit, level filter;
-// - the selected tab and log state across re-renders of the modal;
+// - status announcements in the modal's polite live region;
 // - the overlay: its siblings are made inert while it covers them;
 // - the page title and the opt-in notification when a job ends.
 (function () {
@@ -15,10 +16,13 @@
   var tickTimer = null;
   var baseTitle = null;
   var titleOutcomePending = false;
-  var logState = new Map();  // log container id -> {following, filter}
+  var logState = new Map();  // log container id -> {following, filter, scrollTop}
   var tabState = new Map();  // tab radio group name -> checked input id
-  var notified = new Set();  // progress element keys that already raised a notification
+  var seenStatus = new Map();  // dialog id -> last data-status seen in its progress tab
+  var boxScroll = new Map();  // dialog id -> scrollTop of its modal box, read while it is in the page
+  var notified = new Set();  // "<job>:<status>" keys that already raised a notification
   var NOTIFY_KEY = "jm-notify";
+  var BOTTOM_SLACK_PX = 8;  // a log scrolled to within this distance of its end counts as at the bottom
 
   // --- Durations: same rule as format_duration in progress_tab.py ---------------------------
 
@@ -34,7 +38,7 @@
   // --- Elapsed time ----------------------------------------------------------------------------
   // The server renders the elapsed seconds it computed from its own clock. The browser only adds
   // the time since that element arrived, measured with performance.now(), so a browser clock
-  // that is off by hours does not matter.
+  // that is off by hours does not matter. Every update brings a new element with a new figure.
 
   function initElapsed(el) {
     if (el._jmElapsed) return;
@@ -57,8 +61,11 @@
     });
   }
 
-  function ensureTicker() {
-    if (tickTimer === null && runningElapsed().length) tickTimer = window.setInterval(tick, 1000);
+  // One interval for the whole page, running only while some elapsed time is running.
+  function syncTicker() {
+    var running = runningElapsed().length > 0;
+    if (running && tickTimer === null) tickTimer = window.setInterval(tick, 1000);
+    if (!running) stopTicker();
   }
 
   function stopTicker() {
@@ -81,6 +88,7 @@
       try { dialog.showModal(); } catch (err) { dialog.setAttribute("open", ""); }
     }
     kb(dialog, "pause");
+    refreshLogs(dialog);
   }
 
   function restoreTab(dialog) {
@@ -90,11 +98,15 @@
     });
   }
 
+  function modalBox(dialog) {
+    return dialog.querySelector(".modal-box");
+  }
+
   // --- Logs ------------------------------------------------------------------------------------
 
   function logStateOf(container) {
     var state = logState.get(container.id);
-    if (!state) { state = { following: true, filter: "all" }; logState.set(container.id, state); }
+    if (!state) { state = { following: true, filter: "all", scrollTop: 0 }; logState.set(container.id, state); }
     return state;
   }
 
@@ -107,27 +119,69 @@
     if (jump) jump.hidden = !visible;
   }
 
+  function isShown(container) {
+    return container.clientHeight > 0;
+  }
+
   function atBottom(container) {
-    return container.scrollHeight - container.scrollTop - container.clientHeight < 8;
+    return container.scrollHeight - container.scrollTop - container.clientHeight < BOTTOM_SLACK_PX;
   }
 
   function scrollToEnd(container) {
     container.scrollTop = container.scrollHeight;
+    logStateOf(container).scrollTop = container.scrollTop;
   }
 
-  function trimLines(lines, limit) {
-    if (!(limit > 0)) return;
+  // Bring a log to its saved place: the end while following, else where the reader left it.
+  // A log in a hidden tab has no layout, so this runs again when its tab or the modal opens.
+  function placeLog(container) {
+    if (!isShown(container)) return;
+    var state = logStateOf(container);
+    if (state.following) scrollToEnd(container);
+    else container.scrollTop = state.scrollTop;
+    setJumpVisible(container, !state.following);
+  }
+
+  function refreshLogs(root) {
+    root.querySelectorAll("[data-jm-log]").forEach(placeLog);
+  }
+
+  // Drop the oldest lines beyond the limit. While the reader is scrolled up, the first line in
+  // view keeps its place on screen, so the text being read does not jump.
+  function trimLines(container, lines, limit) {
+    if (!(limit > 0) || lines.childElementCount <= limit) return;
+    var state = logStateOf(container);
+    var anchor = null, anchorOffset = 0;
+    if (!state.following && isShown(container)) {
+      var top = container.getBoundingClientRect().top;
+      for (var line = lines.firstElementChild; line; line = line.nextElementSibling) {
+        var rect = line.getBoundingClientRect();
+        if (rect.bottom > top) { anchor = line; anchorOffset = rect.top - top; break; }
+      }
+    }
     var extra = lines.childElementCount - limit;
     while (extra-- > 0 && lines.firstElementChild) lines.removeChild(lines.firstElementChild);
+    if (anchor && anchor.isConnected) {
+      container.scrollTop += (anchor.getBoundingClientRect().top - container.getBoundingClientRect().top) - anchorOffset;
+      state.scrollTop = container.scrollTop;
+    }
   }
 
-  function linesAdded(lines) {
+  // `fresh` marks a log container that was just rendered. It starts at the top, so its scroll
+  // position is no sign of where the reader was.
+  function linesAdded(lines, fresh) {
     var container = lines.closest("[data-jm-log]");
     if (!container) return;
-    trimLines(lines, parseInt(container.getAttribute("data-limit"), 10));
+    var state = logStateOf(container);
+    // A reader who scrolled up since the last recorded position stops following, even when the
+    // scroll event has not been dispatched yet.
+    if (!fresh && state.following && isShown(container) && container.scrollTop < state.scrollTop - BOTTOM_SLACK_PX) {
+      state.following = false;
+      state.scrollTop = container.scrollTop;
+    }
+    trimLines(container, lines, parseInt(container.getAttribute("data-limit"), 10));
     var empty = container.querySelector("[data-jm-log-empty]");
     if (empty) empty.hidden = lines.childElementCount > 0;
-    var state = logStateOf(container);
     if (state.following) scrollToEnd(container);
     else setJumpVisible(container, true);
   }
@@ -140,9 +194,8 @@
     var select = logRoot(container).querySelector("select[data-jm-log-filter]");
     if (select) select.value = state.filter;
     var lines = container.querySelector("[data-jm-log-lines]");
-    if (lines) linesAdded(lines);
-    if (state.following) scrollToEnd(container);
-    setJumpVisible(container, !state.following);
+    if (lines) linesAdded(lines, true);
+    placeLog(container);
   }
 
   // --- Overlay ---------------------------------------------------------------------------------
@@ -150,7 +203,6 @@
   function coverSiblings(overlay) {
     var parent = overlay.parentElement;
     if (!parent) return;
-    overlay._jmParent = parent;
     parent.setAttribute("aria-busy", "true");
     Array.prototype.forEach.call(parent.children, function (child) {
       if (child !== overlay && !child.hasAttribute("inert")) {
@@ -169,45 +221,65 @@
     });
   }
 
-  // --- Title and notification ------------------------------------------------------------------
+  // --- Status: live region, page title, notification -------------------------------------------
 
-  function titleEnabled(el) {
-    var dialog = el.closest("dialog[data-jm-modal]");
-    return dialog && dialog.getAttribute("data-jm-title") === "1";
+  function dialogOf(el) {
+    return el.closest("dialog[data-jm-modal]");
   }
 
+  // Called for every progress tab that arrives. The first one seen for a modal only records its
+  // status, so a page that loads with a job already ended neither announces nor notifies.
   function progressUpdated(el) {
-    if (!titleEnabled(el)) return;
+    var dialog = dialogOf(el);
+    if (!dialog) return;
+    var key = dialog.id;
+    var status = el.getAttribute("data-status") || "";
+    var previous = seenStatus.get(key);
+    seenStatus.set(key, status);
+    var terminal = el.getAttribute("data-terminal") === "1";
+    var ended = terminal && previous !== undefined && previous !== status;
+
+    if (previous !== undefined && previous !== status) announce(dialog, el.getAttribute("data-announce"));
+    if (dialog.getAttribute("data-jm-title") === "1") updateTitle(el, terminal, ended);
+    if (ended) notify(dialog, el);
+  }
+
+  function announce(dialog, text) {
+    var live = dialog.querySelector("[data-jm-live]");
+    if (live && text && live.textContent !== text) live.textContent = text;
+  }
+
+  function updateTitle(el, terminal, ended) {
     if (baseTitle === null) baseTitle = document.title;
-    var status = el.getAttribute("data-status-label") || "";
-    var percent = el.getAttribute("data-percent");
-    if (el.getAttribute("data-terminal") === "1") {
-      if (document.hidden) {
-        document.title = (el.getAttribute("data-outcome") || status) + " \u00b7 " + baseTitle;
-        titleOutcomePending = true;
-      } else {
-        document.title = baseTitle;
-      }
-      notify(el);
+    if (!terminal) {
+      titleOutcomePending = false;
+      var percent = el.getAttribute("data-percent");
+      document.title = (percent ? percent + "%" : el.getAttribute("data-status-label") || "") + " \u00b7 " + baseTitle;
       return;
     }
-    document.title = (percent ? percent + "%" : status) + " \u00b7 " + baseTitle;
+    if (ended && document.hidden) {
+      document.title = (el.getAttribute("data-outcome") || el.getAttribute("data-status-label")) + " \u00b7 " + baseTitle;
+      titleOutcomePending = true;
+    } else if (!titleOutcomePending) {
+      document.title = baseTitle;
+    }
   }
 
   function notificationsWanted() {
     try { return window.localStorage.getItem(NOTIFY_KEY) === "1"; } catch (err) { return false; }
   }
 
-  function notify(el) {
-    var dialog = el.closest("dialog[data-jm-modal]");
-    if (!dialog || dialog.getAttribute("data-jm-notify") !== "1") return;
+  function notify(dialog, el) {
+    if (dialog.getAttribute("data-jm-notify") !== "1") return;
     if (!document.hidden || !notificationsWanted() || !("Notification" in window)) return;
     if (Notification.permission !== "granted") return;
     var key = (dialog.getAttribute("data-jm-job") || dialog.id) + ":" + el.getAttribute("data-status");
     if (notified.has(key)) return;
     notified.add(key);
+    var heading = dialog.querySelector("[data-jm-title-text]");
+    var title = (heading ? heading.textContent.trim() + ": " : "") + (el.getAttribute("data-outcome") || "Job ended");
     try {
-      new Notification(el.getAttribute("data-outcome") || "Job ended", { body: baseTitle || document.title });
+      new Notification(title, { body: baseTitle || document.title, tag: key });
     } catch (err) {
       console.warn("job monitor: notification failed", err);
     }
@@ -215,12 +287,16 @@
 
   function renderNotifyToggles(root) {
     var supported = "Notification" in window;
-    var on = supported && notificationsWanted() && Notification.permission === "granted";
+    var permission = supported ? Notification.permission : "denied";
+    var on = supported && notificationsWanted() && permission === "granted";
     (root || document).querySelectorAll("[data-jm-notify-toggle]").forEach(function (button) {
       button.hidden = !supported;
+      button.disabled = permission === "denied";
       button.setAttribute("aria-pressed", on ? "true" : "false");
       var label = button.querySelector("[data-jm-notify-label]");
-      if (label) label.textContent = on ? "Notifications on" : "Notify me when done";
+      if (!label) return;
+      if (permission === "denied") label.textContent = "Notifications blocked";
+      else label.textContent = on ? "Notifications on" : "Notify me when done";
     });
   }
 
@@ -259,26 +335,39 @@
     each(root, "[data-jm-log]", initLog);
     each(root, "[data-jm-overlay]", coverSiblings);
     each(root, "[data-jm-progress]", progressUpdated);
-    if (root.querySelector && (root.matches("[data-jm-notify-toggle]") || root.querySelector("[data-jm-notify-toggle]"))) {
+    if (root.matches("[data-jm-notify-toggle]") || root.querySelector("[data-jm-notify-toggle]")) {
       renderNotifyToggles(root);
     }
-    ensureTicker();
   }
 
-  function removed(node) {
+  // A dialog that the server replaces while it is open (htmx swaps it out of band) comes back
+  // open, on the same tab and scrolled to the same place. A removed element has no layout, so its
+  // scroll position is the one the scroll listener recorded.
+  function removedDialogs(node, reopen) {
     if (node.nodeType !== 1) return;
     each(node, "dialog[data-jm-modal]", function (dialog) {
-      if (dialog.open) kb(dialog, "resume");
+      if (!dialog.open) return;
+      kb(dialog, "resume");
+      reopen.add(dialog.id);
     });
+  }
+
+  function reopenReplaced(id) {
+    var dialog = document.getElementById(id);
+    if (!dialog || !dialog.matches("dialog[data-jm-modal]")) return;
+    openModal(dialog);
+    var box = modalBox(dialog);
+    if (box) box.scrollTop = boxScroll.get(id) || 0;
   }
 
   var observer = new MutationObserver(function (mutations) {
     var grown = new Set();
     var uncovered = new Set();
+    var reopen = new Set();
     mutations.forEach(function (m) {
       m.removedNodes.forEach(function (node) {
-        removed(node);
-        if (node.nodeType === 1 && node.hasAttribute && node.hasAttribute("data-jm-overlay")) uncovered.add(m.target);
+        removedDialogs(node, reopen);
+        if (node.nodeType === 1 && node.hasAttribute("data-jm-overlay")) uncovered.add(m.target);
       });
       m.addedNodes.forEach(function (node) {
         if (node.nodeType !== 1) return;
@@ -286,33 +375,41 @@
         scan(node);
       });
     });
-    grown.forEach(linesAdded);
+    reopen.forEach(reopenReplaced);
+    grown.forEach(function (lines) { if (lines.isConnected) linesAdded(lines); });
     uncovered.forEach(uncover);
+    syncTicker();
   });
 
   // --- Events ----------------------------------------------------------------------------------
 
   document.addEventListener("click", function (evt) {
-    var opener = evt.target.closest && evt.target.closest("[data-jm-open-modal]");
+    var target = evt.target;
+    if (!target.closest) return;
+    var opener = target.closest("[data-jm-open-modal]");
     if (opener) { openModal(document.getElementById(opener.getAttribute("data-jm-open-modal"))); return; }
-    var jump = evt.target.closest && evt.target.closest("[data-jm-log-jump]");
+    var jump = target.closest("[data-jm-log-jump]");
     if (jump) {
       var container = logRoot(jump).querySelector("[data-jm-log]");
-      if (container) { logStateOf(container).following = true; scrollToEnd(container); setJumpVisible(container, false); }
+      if (container) { logStateOf(container).following = true; placeLog(container); }
       return;
     }
-    if (evt.target.closest && evt.target.closest("[data-jm-notify-toggle]")) toggleNotifications();
+    if (target.closest("[data-jm-notify-toggle]")) toggleNotifications();
   });
 
   document.addEventListener("change", function (evt) {
     var target = evt.target;
-    if (target.matches("input[data-jm-tab]") && target.checked) tabState.set(target.name, target.id);
+    if (target.matches("input[data-jm-tab]") && target.checked) {
+      tabState.set(target.name, target.id);
+      var dialog = dialogOf(target);
+      if (dialog) refreshLogs(dialog);
+    }
     if (target.matches("select[data-jm-log-filter]")) {
       var container = logRoot(target).querySelector("[data-jm-log]");
       if (container) {
         logStateOf(container).filter = target.value;
         container.setAttribute("data-filter", target.value);
-        if (logStateOf(container).following) scrollToEnd(container);
+        placeLog(container);
       }
     }
   });
@@ -320,9 +417,15 @@
   // Scroll events do not bubble, so listen in the capture phase.
   document.addEventListener("scroll", function (evt) {
     var container = evt.target;
-    if (!container.matches || !container.matches("[data-jm-log]")) return;
+    if (!container.matches) return;
+    if (container.matches("dialog[data-jm-modal] > .modal-box")) {
+      boxScroll.set(container.parentElement.id, container.scrollTop);
+      return;
+    }
+    if (!container.matches("[data-jm-log]") || !isShown(container)) return;
     var state = logStateOf(container);
     state.following = atBottom(container);
+    state.scrollTop = container.scrollTop;
     setJumpVisible(container, !state.following);
   }, true);
 
@@ -341,6 +444,7 @@
   function start() {
     observer.observe(document.documentElement, { childList: true, subtree: true });
     scan(document.body);
+    syncTicker();
   }
 
   if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start);

@@ -13,19 +13,22 @@ from typing import Optional, Sequence
 
 from fasthtml.common import FT, A, Div, Label, Option, P, Select, Span, Time, Button
 
-from cjm_fasthtml_daisyui.components.actions.button import btn, btn_sizes, btn_styles
+from cjm_fasthtml_daisyui.components.actions.button import btn, btn_colors, btn_sizes
 from cjm_fasthtml_daisyui.components.data_display.badge import badge, badge_colors, badge_sizes, badge_styles
 from cjm_fasthtml_daisyui.components.data_input.select import select, select_sizes
 from cjm_fasthtml_daisyui.components.navigation.link import link
 from cjm_fasthtml_daisyui.utilities.semantic_colors import bg_dui, border_dui, text_dui
+from cjm_fasthtml_lucide_icons.factory import lucide_icon
 from cjm_fasthtml_tailwind.core.base import combine_classes
 from cjm_fasthtml_tailwind.utilities.borders import border, rounded
-from cjm_fasthtml_tailwind.utilities.flexbox_and_grid import flex_direction, flex_display, flex_wrap, gap, items, shrink
+from cjm_fasthtml_tailwind.utilities.flexbox_and_grid import (
+    flex_direction, flex_display, flex_wrap, gap, items, justify, shrink,
+)
 from cjm_fasthtml_tailwind.utilities.layout import overflow
-from cjm_fasthtml_tailwind.utilities.sizing import h, max_h, min_w
+from cjm_fasthtml_tailwind.utilities.sizing import h, min_w
 from cjm_fasthtml_tailwind.utilities.spacing import m, p
 from cjm_fasthtml_tailwind.utilities.typography import (
-    font_family, font_size, tabular_nums, whitespace, wrap_anywhere,
+    font_family, font_size, font_weight, tabular_nums, whitespace, wrap_anywhere,
 )
 
 from ...html_ids import JobMonitorHtmlIds
@@ -80,10 +83,11 @@ _LEVEL_BADGE = {
     "critical": badge_colors.error,
 }
 _LEVEL_ROW = {
-    "warning": bg_dui.warning.opacity(10),
-    "error": combine_classes(bg_dui.error.opacity(10), text_dui.error),
-    "critical": combine_classes(bg_dui.error.opacity(20), text_dui.error),
+    "warning": combine_classes(bg_dui.warning.opacity(10), border_dui.warning),
+    "error": combine_classes(bg_dui.error.opacity(10), border_dui.error),
+    "critical": combine_classes(bg_dui.error.opacity(20), border_dui.error, font_weight.semibold),
 }
+_PLAIN_ROW = "border-transparent"
 
 def normalize_level(
     level: Optional[str],  # Logging level name as recorded
@@ -100,15 +104,18 @@ def _render_line(seq: int, ts: Optional[float], level: str, message: str, source
     if isinstance(ts, (int, float)) and not isinstance(ts, bool) and ts == ts and abs(ts) < 1e11:
         clock = time.strftime("%H:%M:%S", time.gmtime(ts)) + f".{int((ts % 1) * 1000):03d}"
         iso = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int((ts % 1) * 1000):03d}Z"
-        stamp = Time(clock, datetime=iso, title="UTC", cls=combine_classes(shrink._0, tabular_nums, text_dui.base_content.opacity(60)))
+        stamp = Time(clock, datetime=iso, title="UTC",
+                     cls=combine_classes(shrink._0, tabular_nums, text_dui.base_content.opacity(70)))
     return Div(
         stamp,
         Span(badge_text, title="Worker stdout" if source == "stdout" else None,
-             cls=combine_classes(badge, badge_sizes.xs, _LEVEL_BADGE.get(level_name, badge_styles.outline), shrink._0, m.t(0.5))),
+             cls=combine_classes(badge, badge_sizes.xs, _LEVEL_BADGE.get(level_name, badge_styles.outline), shrink._0,
+                                 min_w._16, justify.center, m.t(0.5))),
         Span(clean_log_text(message), cls=combine_classes(whitespace.pre_wrap, wrap_anywhere, min_w._0)),
         data_level=level_name,
         data_seq=str(seq),
-        cls=combine_classes(flex_display, items.start, gap._2, p.x._2, p.y(0.5), _LEVEL_ROW.get(level_name, "")),
+        cls=combine_classes(flex_display, items.start, gap._2, p.x._2, p.y(0.5), border.l._2,
+                            _LEVEL_ROW.get(level_name, _PLAIN_ROW)),
     )
 
 # %% ../../../nbs/components/tabs/logs_tab.ipynb #43e65ec3
@@ -153,10 +160,12 @@ def _render_toolbar(ids: JobMonitorHtmlIds, log_url: str, shown: int, total: int
         note = Span(f"Showing the last {shown} of {total} lines", cls=combine_classes(font_size.xs, text_dui.base_content.opacity(70)))
     return Div(
         Label(Span("Show", cls=str(font_size.xs)), filter_select, cls=combine_classes(flex_display, items.center, gap._2)),
-        Button("Jump to latest", type="button", hidden=True, data_jm_log_jump="1",
-               cls=combine_classes(btn, btn_sizes.xs, btn_styles.soft)),
+        Button(lucide_icon("arrow-down-to-line", size=3.5, aria_hidden="true"), "Jump to latest",
+               type="button", hidden=True, data_jm_log_jump="1",
+               cls=combine_classes(btn, btn_sizes.xs, btn_colors.primary, gap._1)),
         note,
-        A("Download full log", href=log_url, download="", cls=combine_classes(link, font_size.xs, m.l.auto)) if log_url else None,
+        A(lucide_icon("download", size=3.5, aria_hidden="true"), "Download full log", href=log_url, download="",
+          cls=combine_classes(link, font_size.xs, m.l.auto, flex_display, items.center, gap._1)) if log_url else None,
         cls=combine_classes(flex_display, flex_wrap.wrap, items.center, gap._3),
     )
 
@@ -189,7 +198,7 @@ def render_logs_tab(
         tabindex="0",
         data_jm_log="1",
         data_limit=str(dom_limit),
-        cls=combine_classes(h._80, overflow.y.auto, font_family.mono, font_size.xs, border._1, border_dui.base_300,
+        cls=combine_classes(h._72, overflow.y.auto, font_family.mono, font_size.xs, border._1, border_dui.base_300,
                             rounded.box, bg_dui.base_200, p.y._1),
     )
     return Div(

@@ -14,12 +14,14 @@ from typing import Any, Optional
 from fasthtml.common import FT, Div, P, Progress, Span
 
 from cjm_fasthtml_daisyui.components.data_display.badge import badge, badge_colors, badge_styles
-from cjm_fasthtml_daisyui.components.feedback.alert import alert, alert_colors, alert_styles
+from cjm_fasthtml_daisyui.components.feedback.alert import alert, alert_colors
 from cjm_fasthtml_daisyui.components.feedback.progress import progress, progress_colors
 from cjm_fasthtml_daisyui.utilities.semantic_colors import text_dui
+from cjm_fasthtml_lucide_icons.factory import lucide_icon
 from cjm_fasthtml_tailwind.core.base import combine_classes
 from cjm_fasthtml_tailwind.utilities.flexbox_and_grid import flex_direction, flex_display, flex_wrap, gap, items
 from cjm_fasthtml_tailwind.utilities.sizing import w
+from cjm_fasthtml_tailwind.utilities.transitions_and_animation import animate
 from cjm_fasthtml_tailwind.utilities.spacing import m, p
 from cjm_fasthtml_tailwind.utilities.typography import (
     font_size, font_weight, tabular_nums, text_align, wrap_anywhere, whitespace,
@@ -79,6 +81,16 @@ _STATUS_BADGE_COLORS = {
     "cancelled": badge_colors.warning,
 }
 
+_STATUS_ICONS = {
+    "pending": "clock",
+    "running": "loader-circle",
+    "cancelling": "circle-pause",
+    "completed": "circle-check",
+    "failed": "circle-x",
+    "cancelled": "ban",
+    "unknown": "circle-question-mark",
+}
+
 _BAR_COLORS = {
     "cancelling": progress_colors.warning,
     "completed": progress_colors.success,
@@ -89,10 +101,13 @@ _BAR_COLORS = {
 def _render_status_badge(
     status: str,  # Normalised status
 ) -> FT:  # Badge element
-    "Render a coloured badge for a job status."
+    "Render a coloured badge with an icon for a job status."
     color = _STATUS_BADGE_COLORS.get(status)
     style = badge_styles.outline if color is None else ""
-    return Span(STATUS_LABELS[status], cls=combine_classes(badge, color or "", style), data_status=status)
+    spinning = status == "running"
+    icon = lucide_icon(_STATUS_ICONS[status], size=3.5, aria_hidden="true",
+                       cls=str(animate.spin) if spinning else None, data_jm_spin="1" if spinning else None)
+    return Span(icon, STATUS_LABELS[status], cls=combine_classes(badge, color or "", style, gap._1), data_status=status)
 
 # %% ../../../nbs/components/tabs/progress_tab.ipynb #a1bf4d96
 def render_progress_tab(
@@ -136,6 +151,7 @@ def render_progress_tab(
         data_percent="" if percent is None else str(percent),
         data_terminal="1" if is_terminal else "0",
         data_outcome=_outcome_text(status, error_message),
+        data_announce=_announcement(status, error_message),
         cls=combine_classes(flex_display, flex_direction.col, gap._3, p.y._2),
     )
 
@@ -174,20 +190,38 @@ def _render_eta(eta_s) -> Optional[FT]:
     return P(f"About {format_duration(eta_s)} remaining (estimate)",
              cls=combine_classes(font_size.sm, text_dui.base_content.opacity(70)), data_jm_eta="1")
 
+def _notice(icon: str, color: str, *content) -> FT:
+    "Render a notice: a solid daisyUI alert with an icon."
+    return Div(lucide_icon(icon, size=5, aria_hidden="true"), Div(*content), cls=combine_classes(alert, color))
+
 def _render_notice(status, error_message) -> Optional[FT]:
     "Render the failure or cancellation notice for an ended job."
     if status == "failed":
         text = str(error_message) if error_message else "The job failed without an error message."
-        return Div(Span("Failed: ", cls=str(font_weight.bold)), Span(text, cls=combine_classes(whitespace.pre_wrap, wrap_anywhere)),
-                   cls=combine_classes(alert, alert_colors.error, alert_styles.soft))
+        return _notice("circle-x", alert_colors.error, Span("Failed: ", cls=str(font_weight.bold)),
+                       Span(text, cls=combine_classes(whitespace.pre_wrap, wrap_anywhere)))
     if status == "cancelled":
-        return Div("The job was cancelled.", cls=combine_classes(alert, alert_colors.warning, alert_styles.soft))
+        return _notice("ban", alert_colors.warning, "The job was cancelled.")
     if status == "cancelling":
-        return Div("Cancel requested. Waiting for the job to stop.",
-                   cls=combine_classes(alert, alert_colors.warning, alert_styles.soft))
+        return _notice("circle-pause", alert_colors.warning, "Cancel requested. Waiting for the job to stop.")
     return None
 
 def _outcome_text(status, error_message) -> str:
-    "Build the one-line outcome used by the page title, live region and notification."
+    "Build the one-line outcome used by the page title and the notification."
     if status == "failed" and error_message: return f"Failed: {error_message}"[:300]
     return STATUS_LABELS[status]
+
+_ANNOUNCEMENTS = {
+    "pending": "Job queued",
+    "running": "Job running",
+    "cancelling": "Cancelling job",
+    "completed": "Job completed",
+    "failed": "Job failed",
+    "cancelled": "Job cancelled",
+    "unknown": "Job status unknown",
+}
+
+def _announcement(status, error_message) -> str:
+    "Build the sentence the live region reads when the status changes."
+    if status == "failed" and error_message: return f"Job failed: {error_message}"[:300]
+    return _ANNOUNCEMENTS[status]

@@ -8,13 +8,14 @@ Docs: https://cj-mills.github.io/cjm-fasthtml-job-monitor/components/tabs/resour
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, List, Optional, Sequence
+from typing import Any, List, Optional, Sequence
 
 from fasthtml.common import FT, Div, P, Progress, Span
-from fasthtml.svg import Polyline, Svg
+from fasthtml.svg import Polygon, Polyline, Svg
 
 from cjm_fasthtml_daisyui.components.feedback.progress import progress, progress_colors
 from cjm_fasthtml_daisyui.utilities.semantic_colors import text_dui
+from cjm_fasthtml_lucide_icons.factory import lucide_icon
 from cjm_fasthtml_tailwind.core.base import combine_classes
 from cjm_fasthtml_tailwind.utilities.flexbox_and_grid import (
     flex_direction, flex_display, gap, items, justify,
@@ -60,6 +61,7 @@ def render_sparkline(
     coords = " ".join(f"{i * step:.1f},{22 - 20 * min(v / top, 1.0):.1f}" for i, v in enumerate(points))
     summary = f"{label} over the last {len(points)} samples: low {min(points):.0f}{unit}, high {max(points):.0f}{unit}"
     return Svg(
+        Polygon(points=f"0,24 {coords} 100,24", fill="currentColor", fill_opacity="0.15", stroke="none"),
         Polyline(points=coords, fill="none", stroke="currentColor", stroke_width="1.5",
                  vector_effect="non-scaling-stroke", stroke_linejoin="round"),
         viewBox="0 0 100 24", preserveAspectRatio="none", role="img", aria_label=summary,
@@ -75,14 +77,16 @@ def _render_stat_row(
     detail: str = "",  # Smaller text under the value, e.g. the bound
     chart: Optional[FT] = None,  # Sparkline
     name: str = "",  # Value of data-stat, for tests and styling
+    icon: str = "",  # Lucide icon name shown before the label
 ) -> FT:  # Stat row element
     "Render a single stat row with label, value, and optional progress bar."
     bar = None
     if bar_pct is not None:
         bar = Progress(value=str(bar_pct), max="100", aria_label=f"{label} usage",
                        cls=combine_classes(progress, bar_color or progress_colors.primary, w.full))
+    glyph = lucide_icon(icon, size=4, aria_hidden="true", cls=str(text_dui.base_content.opacity(70))) if icon else None
     return Div(
-        Div(Span(label, cls=str(font_weight.medium)),
+        Div(Span(glyph, label, cls=combine_classes(flex_display, items.center, gap._2, font_weight.medium)),
             Span(value_text, data_stat_value="1", cls=combine_classes(tabular_nums, text_align.right)),
             cls=combine_classes(flex_display, items.center, justify.between, gap._2)),
         bar,
@@ -128,7 +132,7 @@ def _render_worker_row(s: ResourceSnapshot) -> FT:
     pid = s.worker_pid if isinstance(s.worker_pid, int) and not isinstance(s.worker_pid, bool) else None
     count = s.process_count if isinstance(s.process_count, int) and s.process_count > 1 else None
     detail = f"{count} processes in the worker's tree" if count else ""
-    return _render_stat_row("Worker PID", "n/a" if pid is None else str(pid), detail=detail, name="pid")
+    return _render_stat_row("Worker PID", "n/a" if pid is None else str(pid), detail=detail, name="pid", icon="hash")
 
 def _render_cpu_row(s: ResourceSnapshot, history: Sequence[ResourceSnapshot]) -> FT:
     "Render CPU use against all cores."
@@ -137,8 +141,11 @@ def _render_cpu_row(s: ResourceSnapshot, history: Sequence[ResourceSnapshot]) ->
     bound = 100.0 * cores if cores else None
     pct = _percent_of(cpu, bound)
     detail = f"100% is one core; this machine has {cores}" if cores else "100% is one core"
-    chart = render_sparkline(_series(history, "cpu_percent"), bound, "CPU", "%")
-    return _render_stat_row("CPU", "n/a" if cpu is None else f"{cpu:.0f}%", pct, _bar_color(pct), detail, chart, "cpu")
+    series = _series(history, "cpu_percent")
+    peak = max([v for v in map(_figure, series) if v is not None], default=0.0)
+    chart = render_sparkline(series, max(peak, 100.0), "CPU", "%")
+    return _render_stat_row("CPU", "n/a" if cpu is None else f"{cpu:.0f}%", pct, _bar_color(pct), detail, chart, "cpu",
+                            icon="cpu")
 
 def _render_ram_row(s: ResourceSnapshot, history: Sequence[ResourceSnapshot]) -> FT:
     "Render resident memory against the machine's memory."
@@ -146,7 +153,8 @@ def _render_ram_row(s: ResourceSnapshot, history: Sequence[ResourceSnapshot]) ->
     pct = _percent_of(rss, total)
     detail = f"of {format_megabytes(total)} on this machine" if total else ""
     chart = render_sparkline(_series(history, "memory_rss_mb"), None, "RAM", " MB")
-    return _render_stat_row("RAM", format_megabytes(rss), pct, _bar_color(pct), detail, chart, "ram")
+    return _render_stat_row("RAM", format_megabytes(rss), pct, _bar_color(pct), detail, chart, "ram",
+                            icon="memory-stick")
 
 def _render_gpu_rows(s: ResourceSnapshot, history: Sequence[ResourceSnapshot]) -> List[FT]:
     "Render GPU memory and GPU load, or n/a rows when no GPU figures exist."
@@ -161,7 +169,8 @@ def _render_gpu_rows(s: ResourceSnapshot, history: Sequence[ResourceSnapshot]) -
     load_chart = render_sparkline(_series(history, "gpu_load_percent"), 100.0, "GPU load", "%")
     return [
         _render_stat_row("GPU memory", format_megabytes(used), mem_pct, _bar_color(mem_pct), mem_detail,
-                         mem_chart, "gpu-memory"),
+                         mem_chart, "gpu-memory", icon="microchip"),
         _render_stat_row("GPU load", "n/a" if load is None else f"{load:.0f}%", load_pct, _bar_color(load_pct),
-                         "whole device, all processes" if load is not None else "", load_chart, "gpu-load"),
+                         "whole device, all processes" if load is not None else "", load_chart, "gpu-load",
+                         icon="gauge"),
     ]

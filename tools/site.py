@@ -20,8 +20,11 @@ the same notebooks itself, following nbdev's rules for what a page shows:
   plain-text drawing of the same diagram) is opened;
 - images that markdown cells reference are copied next to the page.
 
-Saved cell outputs are not shown: the notebooks in this repository are stored
-without outputs. The navigation comes from nbs/sidebar.yml, the same file the
+The notebooks are stored without outputs, so the script runs each one first, in a
+subprocess per notebook with nbdev-test's rules for which cells run, and shows the
+outputs under their cells: a component's HTML (FastHTML's markdown form of an FT),
+printed text, images. `--no-execute` skips this and shows the source only. The
+navigation comes from nbs/sidebar.yml, the same file the
 Quarto site uses. A notebook missing from it is listed under "Other pages" with
 a warning. After writing the pages the script checks that every relative link
 and image points at a file it wrote, and that every `#anchor` exists on its page.
@@ -29,6 +32,7 @@ and image points at a file it wrote, and that every `#anchor` exists on its page
 Usage:
     python tools/site.py                 # write _docs/ (git-ignored)
     python tools/site.py --out DIR       # write DIR instead
+    python tools/site.py --no-execute    # do not run the notebooks: no outputs, faster
     python tools/site.py --check-nbdev   # run nbdev's docs processing, which nbdev-docs runs before Quarto
 Exit status: 0 when the site was written and every internal link resolved (or, with
 --check-nbdev, when every notebook passed nbdev's processing), 1 otherwise.
@@ -142,6 +146,8 @@ class Block:
     kind: str  # "markdown", "code" or "api"
     text: str  # Markdown source, code source, or the documented name
     anchor: str = ""  # Heading id of an "api" block
+    cell_id: str = ""  # Notebook cell id of a "code" block, to attach its outputs
+    outputs: list = field(default_factory=list)  # Outputs of a "code" block, in nbformat's form
 
 
 @dataclass
@@ -208,8 +214,8 @@ def read_page(nbs_dir: Path, relative: str) -> Page:
             page.module = directives["default_exp"].split()[0] if directives["default_exp"] else None
         hidden = bool(HIDING_DIRECTIVES & directives.keys()) or directives.get("include", "").lower() == "false"
         shows_source = directives.get("echo", "").lower() != "false"
-        if body and not hidden and shows_source and "nbdev_export()" not in body:
-            page.blocks.append(Block("code", body))
+        if body and not hidden and "nbdev_export()" not in body:
+            page.blocks.append(Block("code", body if shows_source else "", cell_id=cell.get("id", "")))
         documented = DOCUMENTING_DIRECTIVES & directives.keys()
         if documented and "hide" not in directives and directives.get("include", "").lower() != "false":
             for name in defined_names(body):
@@ -420,10 +426,86 @@ def render_blocks(page: Page, renderer: Renderer) -> str:
             body = renderer.render(block.text)
             out.append(body.replace('<details class="diagram-text">', '<details class="diagram-text" open>'))
         elif block.kind == "code":
-            out.append(f'<div class="cell">{_code_block(block.text, "python")}</div>')
+            source = _code_block(block.text, "python") if block.text else ""
+            out.append(f'<div class="cell">{source}{render_outputs(block.outputs, renderer)}</div>')
         else:
             out.append(_render_api_block(page, block, renderer))
     return "\n".join(out)
+
+
+_MAX_OUTPUT_CHARS = 20_000  # Longer text outputs are cut, with a note
+
+
+def _output_text(value: Any) -> str:
+    "Join nbformat's list-of-lines text, and cut it at `_MAX_OUTPUT_CHARS`."
+    text = "".join(value) if isinstance(value, list) else str(value)
+    if len(text) > _MAX_OUTPUT_CHARS:
+        text = text[:_MAX_OUTPUT_CHARS] + f"\n[output cut: {len(text) - _MAX_OUTPUT_CHARS} more characters]"
+    return text
+
+
+def render_outputs(outputs: list, renderer: Renderer) -> str:
+    "Render a cell's outputs: markdown (FastHTML shows an FT as its HTML), images, or escaped text."
+    parts = []
+    for output in outputs:
+        kind = output.get("output_type")
+        if kind == "stream":
+            parts.append(f'<pre class="output">{html.escape(_output_text(output.get("text", "")))}</pre>')
+            continue
+        data = output.get("data", {})
+        if "text/markdown" in data:
+            parts.append(f'<div class="output">{renderer.render(_output_text(data["text/markdown"]))}</div>')
+        elif "image/png" in data:
+            png = "".join(data["image/png"]).strip()
+            parts.append(f'<div class="output"><img alt="Cell output" src="data:image/png;base64,{png}"></div>')
+        elif "text/plain" in data:
+            parts.append(f'<pre class="output">{html.escape(_output_text(data["text/plain"]))}</pre>')
+    return "".join(parts)
+
+
+# Runs one notebook the way nbdev-test does (same cell-skipping rules, `notest` cells skipped,
+# the notebook's folder as working directory) and prints {cell id: outputs} as JSON.
+_EXECUTE_SCRIPT = """
+import json, sys
+from pathlib import Path
+from execnb.shell import CaptureShell
+from fastcore.xtras import working_directory
+from nbdev.process import NBProcessor
+from nbdev.test import _skip_cell
+notebook = Path(sys.argv[1])
+nb = NBProcessor(notebook, rm_directives=False, process=True).nb
+shell = CaptureShell(notebook)
+with working_directory(notebook.parent):
+    shell.run_all(nb, exc_stop=True, preproc=_skip_cell(nb, ["notest"], None), cell_timeout=600)
+sys.stdout.write(json.dumps({cell.get("id", ""): cell.get("outputs", []) for cell in nb.cells
+                             if cell.cell_type == "code"}))
+"""
+
+
+def execute_notebook(path: Path, timeout_s: float = 900) -> dict[str, list]:
+    "Run the notebook at `path` in a subprocess and return {cell id: outputs}; raise SiteError when a cell fails."
+    import subprocess
+
+    env = {**os.environ, "IN_TEST": "1"}
+    try:
+        done = subprocess.run([sys.executable, "-c", _EXECUTE_SCRIPT, str(path)], capture_output=True, text=True,
+                              timeout=timeout_s, cwd=REPO_ROOT, env=env)
+    except subprocess.TimeoutExpired as error:
+        raise SiteError(f"{path}: running the notebook took longer than {timeout_s:.0f} s.") from error
+    if done.returncode != 0:
+        raise SiteError(f"{path}: running the notebook failed:\n{done.stderr[-4000:]}")
+    return json.loads(done.stdout[done.stdout.index("{"):])
+
+
+def attach_outputs(pages: list[Page], nbs_dir: Path, workers: int = 2) -> None:
+    "Run every page's notebook and attach the outputs to its code blocks."
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        results = pool.map(lambda page: execute_notebook(nbs_dir / page.source), pages)
+        for page, outputs in zip(pages, results):
+            for block in page.blocks:
+                if block.kind == "code": block.outputs = outputs.get(block.cell_id, [])
 
 
 def _render_api_block(page: Page, block: Block, renderer: Renderer) -> str:
@@ -521,6 +603,10 @@ code { font-family: ui-monospace, "SFMono-Regular", Menlo, Consolas, monospace; 
 :not(pre) > code, a.symbol code { background: var(--code-bg); padding: .1em .3em; border-radius: 4px; }
 table { border-collapse: collapse; margin: 1rem 0; display: block; overflow-x: auto; }
 th, td { border: 1px solid var(--border); padding: .35rem .6rem; text-align: left; vertical-align: top; }
+.cell .output { border-left: 3px solid var(--border); padding-left: .75rem; margin: -.25rem 0 1rem; }
+.cell pre.output { background: none; border: none; border-left: 3px solid var(--border); border-radius: 0;
+  padding: .25rem .75rem; font-size: .8rem; white-space: pre-wrap; }
+.cell .output img { max-width: 100%; }
 .api { border-top: 1px solid var(--border); margin: 1.5rem 0; padding-top: .5rem; }
 .api .source-link { float: right; font-size: .85rem; }
 details { margin: 1rem 0; }
@@ -597,19 +683,20 @@ def collect_symbols(pages: Iterable[Page]) -> dict[str, str]:
     return symbols
 
 
-def build_site(out_dir: Path = DEFAULT_OUT, nbs_dir: Path = NBS_DIR) -> list[str]:
+def build_site(out_dir: Path = DEFAULT_OUT, nbs_dir: Path = NBS_DIR, execute: bool = True) -> list[str]:
     "Write the site into `out_dir` (replacing it); return the pages written, relative to it."
     out_dir = Path(out_dir).resolve()
     previous_cwd = Path.cwd()
     os.chdir(REPO_ROOT)  # nbdev's renderers read the project's configuration from the working directory
     try:
-        return _build_site(out_dir, nbs_dir)
+        return _build_site(out_dir, nbs_dir, execute)
     finally:
         os.chdir(previous_cwd)
 
 
-def _build_site(out_dir: Path, nbs_dir: Path) -> list[str]:
+def _build_site(out_dir: Path, nbs_dir: Path, execute: bool) -> list[str]:
     pages = [read_page(nbs_dir, relative) for relative in find_notebooks(nbs_dir)]
+    if execute: attach_outputs(pages, nbs_dir)
     if not any(page.source == "index.ipynb" for page in pages):
         raise SiteError(f"{nbs_dir / 'index.ipynb'} is missing: the site needs a landing page.")
     nav, missing = read_navigation(pages)
@@ -690,6 +777,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
                         help=f"folder to write the site into, replaced if it exists (default: {DEFAULT_OUT})")
+    parser.add_argument("--no-execute", action="store_true",
+                        help="do not run the notebooks; show code without outputs (faster)")
     parser.add_argument("--check-nbdev", action="store_true",
                         help="write no site; run nbdev's docs processing on each notebook and list the failures")
     args = parser.parse_args(argv)
@@ -700,7 +789,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 1 if any(results.values()) else 0
     out_dir = args.out.resolve()
     try:
-        written = build_site(out_dir)
+        written = build_site(out_dir, execute=not args.no_execute)
     except SiteError as error:
         print(f"site.py: {error}", file=sys.stderr)
         return 1

@@ -734,6 +734,38 @@ def test_modal_works_from_keyboard(push_page: PushPage):
     assert page.evaluate("() => document.activeElement.hasAttribute('data-jm-open-modal')"), "focus did not return"
 
 
+def test_focus_kept_when_controls_are_swapped(push_page: PushPage):
+    "Focus lands on a live control when the element that had it is swapped out, and stays put otherwise."
+    page = push_page.load(PageSetup(open_on_render=False)).page
+    opener = page.locator(f"#{IDS.trigger_slot} [data-jm-open-modal]")
+    opener.focus()
+
+    # What the trigger response does: a new progress button and a modal that opens itself.
+    button = render_job_progress_button(PageSetup().config, IDS)
+    button.attrs["hx-swap-oob"] = "true"
+    push_page.stream.push(button, render_test_modal(PageSetup(), open_on_render=True, oob=True))
+    wait_for_modal_open(page)
+    page.keyboard.press("Escape")
+    wait_for_modal_closed(page)
+    assert page.evaluate("() => document.activeElement.hasAttribute('data-jm-open-modal')"), \
+        page.evaluate("() => document.activeElement.outerHTML.slice(0, 120)")
+
+    # The Cancel button that has focus is swapped out by the job's last update.
+    opener.click()
+    wait_for_modal_open(page)
+    page.locator(f"#{IDS.modal} [data-jm-cancel]").focus()
+    push_page.stream.finish(*terminal_parts("cancelled"))
+    expect(page.locator(f"#{IDS.modal} [data-jm-cancel]")).to_have_count(0)
+    page.wait_for_function("id => document.getElementById(id).contains(document.activeElement)", arg=IDS.modal)
+    assert page.evaluate("() => document.activeElement.tagName") == "BUTTON"
+
+    # A click on plain text leaves focus where the browser puts it: nothing pulls it back.
+    page.locator(f"#{IDS.tab_progress} [data-jm-progress]").click()
+    before = page.evaluate("() => document.activeElement.outerHTML.slice(0, 80)")
+    page.wait_for_timeout(300)
+    assert page.evaluate("() => document.activeElement.outerHTML.slice(0, 80)") == before
+
+
 # --- accessibility -------------------------------------------------------------------------------
 
 # axe-core cannot compute colour contrast inside a <dialog> opened with showModal(): the dialog

@@ -378,6 +378,7 @@
     reopen.forEach(reopenReplaced);
     grown.forEach(function (lines) { if (lines.isConnected) linesAdded(lines); });
     uncovered.forEach(uncover);
+    focusInOpenDialog();
     syncTicker();
   });
 
@@ -429,9 +430,49 @@
     setJumpVisible(container, !state.following);
   }, true);
 
+  // --- Focus ---------------------------------------------------------------------------------
+  // The browser returns focus to the element that opened a dialog, but here that element is often
+  // gone: the trigger is swapped for the progress button by the same response that opens the modal,
+  // and the footer's Cancel button is swapped out when the job ends. Focus left on <body> is lost
+  // for keyboard users, so it goes to the nearest control that still exists.
+
+  function focusLost() {
+    var active = document.activeElement;
+    return !active || active === document.body || !active.isConnected;
+  }
+
+  function focusAfterClose(dialog) {
+    if (!focusLost() && !dialog.contains(document.activeElement)) return;
+    var target = document.querySelector('[data-jm-open-modal="' + dialog.id + '"]') ||
+                 document.querySelector("[data-jm-trigger]:not([disabled])");
+    if (target) target.focus();
+  }
+
+  // The last focused element inside a monitor dialog, and that dialog's id.
+  var lastFocused = null, lastFocusedDialog = null;
+  document.addEventListener("focusin", function (evt) {
+    var dialog = evt.target.closest && evt.target.closest("dialog[data-jm-modal]");
+    lastFocused = dialog ? evt.target : null;
+    lastFocusedDialog = dialog ? dialog.id : null;
+  });
+
+  // Only when the focused control itself was swapped out: a click on plain text also leaves focus
+  // on <body>, and moving focus then would surprise the user.
+  function focusInOpenDialog() {
+    if (!lastFocused || lastFocused.isConnected || !focusLost()) return;
+    var dialog = document.getElementById(lastFocusedDialog);
+    lastFocused = lastFocusedDialog = null;
+    if (!dialog || !dialog.open) return;
+    var target = dialog.querySelector("[data-jm-cancel]:not([disabled])") ||
+                 dialog.querySelector(".modal-action button") || dialog.querySelector("button");
+    if (target) target.focus();
+  }
+
   // The dialog's close event does not bubble either.
   document.addEventListener("close", function (evt) {
-    if (evt.target.matches && evt.target.matches("dialog[data-jm-modal]")) kb(evt.target, "resume");
+    if (!evt.target.matches || !evt.target.matches("dialog[data-jm-modal]")) return;
+    kb(evt.target, "resume");
+    focusAfterClose(evt.target);
   }, true);
 
   document.addEventListener("visibilitychange", function () {

@@ -1,8 +1,9 @@
 """Write README.md from nbs/index.ipynb, or check that README.md is up to date.
 
 nbdev-readme needs Quarto, which is not available everywhere, so this script
-renders the landing notebook itself: markdown cells as they are, code cells in
-```python fences, and cells marked `#| hide` left out. Directive lines (`#| ...`)
+renders the landing notebook itself: markdown cells as they are, except that
+relative links to notebooks (relative to nbs/) are made relative to the
+repository root; code cells in ```python fences; cells marked `#| hide` left out. Directive lines (`#| ...`)
 are dropped from the code shown.
 
 Usage:
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -31,6 +33,14 @@ def _directives(source: str) -> set:
     return names
 
 
+_RELATIVE_NOTEBOOK_LINK = re.compile(r"\]\((?![a-z][a-z0-9+.-]*:|/|#)([^)\s]+\.ipynb(?:#[^)\s]*)?)\)")
+
+
+def _link_from_root(markdown: str) -> str:
+    "Rewrite relative links to notebooks, which are relative to nbs/, to be relative to the repository root."
+    return _RELATIVE_NOTEBOOK_LINK.sub(lambda m: f"](nbs/{m.group(1)})", markdown)
+
+
 def render_readme(index: Path = INDEX) -> str:
     "Render the landing notebook as the README's markdown."
     cells = json.loads(index.read_text())["cells"]
@@ -38,7 +48,7 @@ def render_readme(index: Path = INDEX) -> str:
     for cell in cells:
         source = "".join(cell["source"]).strip("\n")
         if cell["cell_type"] == "markdown":
-            parts.append(source)
+            parts.append(_link_from_root(source))
             continue
         if "hide" in _directives(source): continue
         code = "\n".join(line for line in source.splitlines() if not line.startswith("#|")).strip("\n")

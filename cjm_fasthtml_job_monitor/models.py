@@ -8,12 +8,15 @@ Docs: https://cj-mills.github.io/cjm-fasthtml-job-monitor/models.html.md"""
 from __future__ import annotations
 
 import math
+import numbers
+import re
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
 # %% auto #0
-__all__ = ['JOB_STATUSES', 'TERMINAL_STATUSES', 'ACTIVE_STATUSES', 'LOG_LEVELS', 'normalize_status', 'normalize_progress',
-           'JobMonitorUrls', 'ResourceSnapshot', 'JobMonitorConfig', 'JobErrorSummary', 'JobView', 'LogLine']
+__all__ = ['JOB_STATUSES', 'TERMINAL_STATUSES', 'ACTIVE_STATUSES', 'MAX_MESSAGE_CHARS', 'MAX_ERROR_CHARS', 'LOG_LEVELS',
+           'normalize_status', 'normalize_progress', 'clip_text', 'JobMonitorUrls', 'ResourceSnapshot',
+           'JobMonitorConfig', 'JobErrorSummary', 'JobView', 'LogLine']
 
 # %% ../nbs/models.ipynb #aced4799
 JOB_STATUSES = ("pending", "running", "cancelling", "completed", "failed", "cancelled")
@@ -35,10 +38,30 @@ def normalize_progress(
     value: Any,  # Reported progress: a fraction, -1.0 for indeterminate, or anything else
 ) -> Optional[float]:  # Fraction in [0, 1], or None for indeterminate
     "Clamp a reported progress value to [0, 1], or return None when it carries no fraction."
-    if isinstance(value, bool) or not isinstance(value, (int, float)): return None
-    value = float(value)
+    if isinstance(value, bool) or not isinstance(value, numbers.Real): return None
+    try:
+        value = float(value)
+    except OverflowError:  # an int beyond the float range
+        return 1.0 if value > 0 else 0.0
     if math.isnan(value) or math.isinf(value) or value == -1.0: return None
     return min(max(value, 0.0), 1.0)
+
+# %% ../nbs/models.ipynb #5e2c0a17
+MAX_MESSAGE_CHARS = 1000  # Max characters of a status message shown; the rest is cut
+MAX_ERROR_CHARS = 4000  # Max characters of an error message shown; the rest is cut
+_SURROGATE_RE = re.compile("[\ud800-\udfff]")
+
+def clip_text(
+    value: Any,  # Text from a plugin; None becomes "", anything else its str()
+    max_chars: int,  # Max characters kept; the rest is replaced by a marker
+) -> str:  # Text that encodes as UTF-8, at most `max_chars` characters plus the marker
+    "Cut text to `max_chars` and replace lone surrogates with U+FFFD."
+    if value is None: text = ""
+    elif isinstance(value, str): text = value
+    else: text = str(value)
+    text = _SURROGATE_RE.sub("\ufffd", text)
+    if len(text) > max_chars: text = f"{text[:max_chars]}… [cut {len(text) - max_chars} characters]"
+    return text
 
 # %% ../nbs/models.ipynb #ed455d96
 @dataclass
@@ -129,7 +152,10 @@ class LogLine:
     logger: str = ""  # Logger name for logging records
 
     def format(self) -> str:
-        "Render the line as plain text with its UTC time and level."
+        "Render the line as plain text with its UTC time and level; a time that cannot be shown prints as dashes."
         import time as _time
-        stamp = _time.strftime("%H:%M:%S", _time.gmtime(self.ts)) + f".{int((self.ts % 1) * 1000):03d}"
+        try:
+            stamp = _time.strftime("%H:%M:%S", _time.gmtime(self.ts)) + f".{int((self.ts % 1) * 1000):03d}"
+        except (TypeError, ValueError, OverflowError, OSError):  # None, NaN, or beyond the platform's time_t
+            stamp = "--:--:--.---"
         return f"{stamp} {self.level:<8} {self.message}"

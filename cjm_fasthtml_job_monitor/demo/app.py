@@ -17,6 +17,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, List, Optional, Sequence
 
+import psutil
+
 from fasthtml.common import (A, Body, Div, FastHTML, H1, H2, Li, Link, Main, Meta, P, Script, Span, Strong, Title,
                              Ul, fast_app, to_xml)
 from starlette.responses import FileResponse, Response
@@ -34,8 +36,9 @@ from ..services.monitor import JobMonitorService
 
 # %% auto #0
 __all__ = ['logger', 'WORKFLOW_ID', 'STEP_ID', 'STATE_KEY', 'RESULTS_KEY', 'CONTENT_ID', 'RESULTS_ID', 'HTMX_VERSION',
-           'DEMO_ASSETS', 'NPM_PACKAGES', 'default_data_dir', 'default_source', 'render_results', 'create_demo_app',
-           'parse_args', 'main']
+           'DEMO_ASSETS', 'NPM_PACKAGES', 'WORKER_MODULE', 'ORPHAN_STOP_WAIT_S', 'GRACEFUL_SHUTDOWN_S',
+           'default_data_dir', 'default_source', 'render_results', 'create_demo_app', 'find_orphaned_workers',
+           'stop_orphaned_workers', 'parse_args', 'main']
 
 # %% ../../nbs/demo/app.ipynb #ad532ba3
 logger = logging.getLogger(__name__)
@@ -125,6 +128,7 @@ def create_demo_app(
         overlay_target_id=CONTENT_ID, on_complete=on_complete, job_args_builder=job_args_builder, config=config)
 
     async def startup():
+        stop_orphaned_workers(data_dir)
         metas = [m for m in manager.discover_manifests() if m.name == plugin_name]
         if not metas or not manager.load_plugin(metas[0]):
             raise RuntimeError(f"Loading the demo plugin {plugin_name!r} from {data_dir / 'manifests'} failed.")
@@ -207,7 +211,54 @@ def _mount_assets(app: FastHTML, files: dict) -> None:
         if name not in DEMO_ASSETS: return Response("Not found", status_code=404)
         return FileResponse(files[name], media_type="text/css" if name.startswith("daisyui") else "text/javascript")
 
+# %% ../../nbs/demo/app.ipynb #4f1c8e27
+WORKER_MODULE = "cjm_plugin_system.core.worker"  # Module that every plugin worker process runs
+ORPHAN_STOP_WAIT_S = 3.0  # Seconds an orphaned worker gets to exit after SIGTERM, before SIGKILL
+
+def _host_pid(cmdline: Sequence[str]) -> Optional[int]:
+    "Return the host PID a worker's command line names after `--ppid`, or None."
+    try:
+        return int(cmdline[list(cmdline).index("--ppid") + 1])
+    except (ValueError, IndexError):
+        return None
+
+def find_orphaned_workers(
+    data_dir: Path,  # Plugin system data folder of the app
+) -> List[psutil.Process]:  # Workers of `data_dir` whose host process is gone
+    "Find the plugin workers that an earlier run with `data_dir` left behind."
+    folder = str(Path(data_dir).resolve()) + os.sep
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            cmdline = proc.info["cmdline"] or []
+            if WORKER_MODULE not in cmdline: continue
+            if not proc.environ().get("CJM_DIAGNOSTICS_DB", "").startswith(folder): continue
+            if proc.ppid() != _host_pid(cmdline): found.append(proc)  # re-parented: its host died
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return found
+
+def stop_orphaned_workers(
+    data_dir: Path,  # Plugin system data folder of the app
+) -> List[int]:  # PIDs of the workers stopped
+    "Stop the plugin workers that an earlier run with `data_dir` left behind: SIGTERM, then SIGKILL."
+    orphans = find_orphaned_workers(data_dir)
+    if not orphans: return []
+    logger.warning("Stopping %d plugin worker(s) left by an earlier run with %s: PIDs %s", len(orphans), data_dir,
+                   ", ".join(str(proc.pid) for proc in orphans))
+    for proc in orphans:
+        try: proc.terminate()
+        except psutil.NoSuchProcess: pass
+    _, alive = psutil.wait_procs(orphans, timeout=ORPHAN_STOP_WAIT_S)
+    for proc in alive:
+        try: proc.kill()
+        except psutil.NoSuchProcess: pass
+    psutil.wait_procs(alive, timeout=ORPHAN_STOP_WAIT_S)
+    return [proc.pid for proc in orphans]
+
 # %% ../../nbs/demo/app.ipynb #e4db05ac
+GRACEFUL_SHUTDOWN_S = 5  # Seconds uvicorn waits for open responses, such as event streams, when stopping
+
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     "Parse the demo's command-line arguments."
     parser = argparse.ArgumentParser(prog="python -m cjm_fasthtml_job_monitor.demo",
@@ -236,4 +287,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per worker poll otherwise
     app = create_demo_app(args.data_dir, args.source, assets_dir=args.assets)
     print(f"Job monitor demo on http://{args.host}:{args.port}/ (data dir {args.data_dir}); Ctrl-C stops it.", flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    # An open job monitor page keeps an event stream open, and uvicorn waits for open responses before it runs the
+    # shutdown handlers, so without a timeout Ctrl-C or SIGTERM would wait as long as a page stays open.
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning",
+                timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)

@@ -33,21 +33,23 @@ from cjm_fasthtml_job_monitor.components.modal import (
     STATIC_PATH, render_footer_oob, render_job_modal, render_sse_connection, static_response,
 )
 from ..components.overlay import render_job_overlay, render_job_overlay_placeholder
-from ..components.tabs.logs_tab import render_log_line, render_logs_tab
+from ..components.tabs.logs_tab import clean_log_text, render_log_line, render_logs_tab
 from ..components.tabs.progress_tab import render_progress_tab
 from ..components.tabs.resources_tab import render_resources_tab
 from ..components.trigger import render_job_progress_button, render_job_trigger
 from ..html_ids import JobMonitorHtmlIds
 from cjm_fasthtml_job_monitor.models import (
-    JobMonitorConfig, JobMonitorUrls, JobView, ResourceSnapshot, TERMINAL_STATUSES,
+    MAX_ERROR_CHARS, MAX_MESSAGE_CHARS, JobMonitorConfig, JobMonitorUrls, JobView, LogLine, ResourceSnapshot,
+    TERMINAL_STATUSES,
 )
 from cjm_fasthtml_job_monitor.services.monitor import (
     LOG_SETTLE_S, STDOUT_GRACE_S, JobMonitorService, LogCursor,
 )
 
 # %% auto #0
-__all__ = ['logger', 'WORKFLOW_SESSION_KEY', 'TRACKER_FORMAT', 'SSE_RETRY_MS', 'SSE_HEADERS', 'get_workflow_session_id',
-           'is_same_origin_request', 'format_sse', 'init_job_monitor_routes', 'check_inflight_job']
+__all__ = ['logger', 'WORKFLOW_SESSION_KEY', 'TRACKER_FORMAT', 'SSE_RETRY_MS', 'SSE_HEADERS', 'JOB_GONE_MESSAGE',
+           'get_workflow_session_id', 'TrackerStoreError', 'is_same_origin_request', 'format_sse',
+           'init_job_monitor_routes', 'check_inflight_job']
 
 # %% ../../nbs/routes/init.ipynb #c29a97e7
 logger = logging.getLogger(__name__)
@@ -69,19 +71,29 @@ def get_workflow_session_id(
 # %% ../../nbs/routes/init.ipynb #629c10b7
 TRACKER_FORMAT = 2  # Layout version of the tracker and the outcome record
 
+class TrackerStoreError(Exception):
+    "Reading or writing the tracker failed: the state store is locked, read-only or missing, or its row is not JSON."
+
 class _TrackerSlot:
     "The step-state entry under `state_key` that contains one session's tracker or outcome record."
     def __init__(self, store: SQLiteWorkflowStateStore, workflow_id: str, step_id: str, state_key: str):
         self.store, self.workflow_id, self.step_id, self.state_key = store, workflow_id, step_id, state_key
 
+    # NOTE: runs in the event loop; a locked store blocks it for SQLite's busy timeout (5 s) per call.
     def read(self, session_id: str) -> Any:
-        "Return the stored value, or None; raises sqlite3.Error when the store fails."
-        step = self.store.get_step_state(self.workflow_id, session_id, self.step_id)
+        "Return the stored value, or None; raises `TrackerStoreError` when the store fails."
+        try:
+            step = self.store.get_step_state(self.workflow_id, session_id, self.step_id)
+        except (sqlite3.Error, ValueError) as e:  # ValueError: json.JSONDecodeError of a corrupt row
+            raise TrackerStoreError(f"{type(e).__name__}: {e}") from e
         return step.get(self.state_key) if isinstance(step, dict) else None
 
     def write(self, session_id: str, value: Optional[dict]) -> None:
-        "Store `value` (None removes the tracker); raises sqlite3.Error when the store fails."
-        self.store.update_step_state(self.workflow_id, session_id, self.step_id, {self.state_key: value})
+        "Store `value` (None removes the tracker); raises `TrackerStoreError` when the store fails."
+        try:
+            self.store.update_step_state(self.workflow_id, session_id, self.step_id, {self.state_key: value})
+        except (sqlite3.Error, ValueError) as e:
+            raise TrackerStoreError(f"{type(e).__name__}: {e}") from e
 
 def _is_tracker(value: Any) -> bool:
     if not isinstance(value, dict) or value.get("format") != TRACKER_FORMAT: return False
@@ -95,6 +107,12 @@ def _is_outcome_record(value: Any) -> bool:
             and isinstance(value.get("outcome_html"), str))
 
 # %% ../../nbs/routes/init.ipynb #4f0d7a21
+def _shape_of(item: Any) -> str:
+    "Describe a value by its types, such as 'tuple of (str, dict)', without its contents."
+    if isinstance(item, (list, tuple)) and len(item) <= 4:
+        return f"{type(item).__name__} of ({', '.join(type(part).__name__ for part in item)})"
+    return type(item).__name__
+
 def _validate_jobs(jobs: Any) -> List[Tuple[tuple, dict]]:
     "Check the output of `job_args_builder` and return it as (args tuple, kwargs dict) pairs."
     if not isinstance(jobs, (list, tuple)) or not jobs:
@@ -104,8 +122,9 @@ def _validate_jobs(jobs: Any) -> List[Tuple[tuple, dict]]:
     for i, item in enumerate(jobs):
         if (not isinstance(item, (list, tuple)) or len(item) != 2 or not isinstance(item[0], (list, tuple))
                 or not isinstance(item[1], dict)):
+            # The message names types only: the arguments may hold secrets, and it is logged and shown.
             raise ValueError(f"job_args_builder item {i} must be an (args, kwargs) pair with a tuple and a dict, "
-                             f"got {item!r:.80}.")
+                             f"got {_shape_of(item)}.")
         out.append((tuple(item[0]), dict(item[1])))
     return out
 
@@ -192,9 +211,35 @@ class _EtaEstimator:
 
 # %% ../../nbs/routes/init.ipynb #b8f5fc03
 _HISTORY_LEN = 120  # Resource samples kept for the sparklines
-_LOG_DRAIN_S = STDOUT_GRACE_S + LOG_SETTLE_S + 1.0  # Max seconds spent reading an ended job's last log lines
+_LOG_DRAIN_S = STDOUT_GRACE_S + LOG_SETTLE_S + 1.0  # Max seconds spent waiting for an ended job's last log lines
+_LOG_DRAIN_MAX_S = 30.0  # Max seconds spent reading an ended job's backlog of log lines
+_LOG_CATCH_UP_S = 2.0  # Max seconds one log poll spends reading a backlog
 _LOST_JOB_ERROR = "The job queue no longer has this job; the server may have stopped or restarted."
 _INTERNAL_ERROR = "The job monitor stopped following the job after an internal error; the server log has details."
+
+def _read_and_render_log(
+    service: JobMonitorService,
+    job_id: str,
+    cursor: Optional[LogCursor],  # Where the previous read stopped
+    keep: int,  # Lines to render: only the newest fit in the channel's buffer
+    offset: int,  # Lines of the sequence's log published so far; new lines are numbered after it
+) -> Tuple[int, List[Tuple[int, str]], Optional[LogCursor]]:  # (lines read, (seq, html) of the newest, next cursor)
+    "Read every line added since `cursor`, for at most `_LOG_CATCH_UP_S`, and render the newest `keep`; runs in a thread."
+    newest: Deque[LogLine] = deque(maxlen=keep)
+    count, deadline = 0, time.monotonic() + _LOG_CATCH_UP_S
+    while True:
+        lines, cursor = service.read_job_log(job_id, cursor)
+        count += len(lines)
+        newest.extend(lines)
+        if not lines or time.monotonic() >= deadline: break
+    # Lines that were read but not rendered still take up sequence numbers, so a viewer sees the gap
+    # and gets a fresh snapshot of the log instead of an append.
+    first = offset + count - len(newest) + 1
+    rendered = []
+    for seq, line in enumerate(newest, start=first):
+        line.seq = seq
+        rendered.append((seq, to_xml(render_log_line(line))))
+    return count, rendered, cursor
 
 class _SequenceRunner:
     "Submits one session's jobs in order on the server, follows each one and ends the sequence once."
@@ -347,25 +392,28 @@ class _SequenceRunner:
 
     async def _drain_logs(self, job_id: str) -> None:
         "Read an ended job's last lines; its stdout can still arrive for a moment after it ends."
-        deadline = time.monotonic() + _LOG_DRAIN_S
+        started = time.monotonic()
+        deadline = started + _LOG_DRAIN_S
         while True:
-            await self._read_logs(job_id)
-            if (self._log_cursor is not None and self._log_cursor.complete) or time.monotonic() >= deadline: return
-            await asyncio.sleep(0.1)
+            read = await self._read_logs(job_id)
+            complete = self._log_cursor is not None and self._log_cursor.complete
+            now = time.monotonic()
+            # A loaded host stores a burst's last stdout lines late: read on while they keep coming.
+            if now >= started + _LOG_DRAIN_MAX_S or (not read and (complete or now >= deadline)): return
+            if not read: await asyncio.sleep(0.1)
 
-    async def _read_logs(self, job_id: str) -> None:
+    async def _read_logs(self, job_id: str) -> int:
+        "Publish the lines added since the last read and return how many there were; only the newest are rendered."
+        keep = self.channel.log_lines.maxlen
         try:
-            lines, self._log_cursor = await asyncio.to_thread(self.hub.service.read_job_log, job_id, self._log_cursor)
+            count, lines, self._log_cursor = await asyncio.to_thread(
+                _read_and_render_log, self.hub.service, job_id, self._log_cursor, keep, self._log_line_offset)
         except Exception as e:
             logger.warning("Reading the log of job %s failed: %s", job_id, e)
-            return
-        if not lines: return
-        rendered = []
-        for line in lines:
-            self._log_line_offset += 1
-            line.seq = self._log_line_offset
-            rendered.append((line.seq, to_xml(render_log_line(line))))
-        self.channel.add_log_lines(rendered)
+            return 0
+        self._log_line_offset += count
+        self.channel.add_log_lines(lines)
+        return count
 
     async def _finish(self, status: str, error: Optional[str] = None) -> None:
         if self.ending: return
@@ -414,14 +462,15 @@ def display_message(self: _SequenceRunner, status: str) -> str:
     view = self.view
     if status == "completed" and self.total > 1: return f"Completed {self.total} jobs"
     if self.ending and self.outcome is None: message = "Finishing"
-    else: message = view.message if view else "Waiting to start"
+    else: message = clean_log_text(view.message, MAX_MESSAGE_CHARS) if view else "Waiting to start"
     if self.label() and status not in TERMINAL_STATUSES: message = f"{self.label()}: {message}"
     return message
 
 @patch
 def display_error(self: _SequenceRunner, status: str) -> Optional[str]:
     if status != "failed": return None
-    return self.error_message or (self.view.error.message if (self.view and self.view.error) else None)
+    if self.error_message: return self.error_message
+    return clean_log_text(self.view.error.message, MAX_ERROR_CHARS) if (self.view and self.view.error) else None
 
 @patch
 def completed_at(self: _SequenceRunner) -> Optional[float]:
@@ -605,7 +654,7 @@ class _MonitorHub:
     def save_tracker(self, runner: _SequenceRunner) -> None:
         try:
             self.slot.write(runner.session_id, self.tracker_of(runner))
-        except sqlite3.Error as e:
+        except TrackerStoreError as e:
             logger.error("Saving the job tracker of session %s failed: %s", runner.session_id, e)
 
 # %% ../../nbs/routes/init.ipynb #5f8b2a3c
@@ -626,7 +675,7 @@ def end_sequence(self: _MonitorHub, runner: _SequenceRunner, extra_html: str) ->
     try:
         self.slot.write(runner.session_id, record)
         runner.outcome_stored = record is not None
-    except sqlite3.Error as e:
+    except TrackerStoreError as e:
         logger.error("Clearing the job tracker of session %s failed: %s", runner.session_id, e)
 
 @patch
@@ -638,7 +687,7 @@ def mark_outcome_delivered(self: _MonitorHub, runner: _SequenceRunner) -> None:
         stored = self.slot.read(runner.session_id)
         if _is_outcome_record(stored) and stored.get("sequence_id") == runner.sequence_id:
             self.slot.write(runner.session_id, None)
-    except sqlite3.Error as e:
+    except TrackerStoreError as e:
         logger.error("Removing the delivered job outcome of session %s failed: %s", runner.session_id, e)
 
 @patch
@@ -690,6 +739,7 @@ def _reject_cross_site(request: Request) -> Response:
 
 # %% ../../nbs/routes/init.ipynb #a896298f
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 SSE_RETRY_MS = 3000  # Milliseconds the browser waits before reconnecting a dropped stream
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
@@ -700,6 +750,7 @@ def format_sse(
     retry_ms: Optional[int] = None,  # Reconnection delay the browser should use
 ) -> str:  # One SSE message, ending with a blank line
     "Frame `data` as one Server-Sent Events message."
+    data = _SURROGATE.sub("\ufffd", data)
     out = []
     if retry_ms is not None: out.append(f"retry: {int(retry_ms)}")
     if event_id is not None: out.append("id: " + _LINE_BREAK.sub(" ", event_id).replace("\0", ""))
@@ -760,15 +811,23 @@ async def _viewer_stream(
         channel.viewers -= 1
 
 # %% ../../nbs/routes/init.ipynb #1cff20cc
-async def _idle_stream(hub: _MonitorHub) -> AsyncIterator[str]:
+JOB_GONE_MESSAGE = ("The server no longer has this job. It ended while this page was not connected, "
+                    "or the server restarted, which ends every running job.")
+
+async def _idle_stream(hub: _MonitorHub, job_id: str = "") -> AsyncIterator[str]:
     "Yield the one message that returns a viewer's page to the idle state, then `done`."
-    yield format_sse(f"<div>{hub.render_idle_html()}</div>", event_id="idle", retry_ms=SSE_RETRY_MS)
+    html = hub.render_idle_html()
+    if job_id:
+        progress = render_progress_tab(hub.ids, "unknown", -1.0, JOB_GONE_MESSAGE, now=time.time())
+        html += to_xml(Div(progress, id=hub.ids.tab_progress, hx_swap_oob="true"))
+        html += to_xml(render_footer_oob(hub.ids, hub.urls, is_active=False))
+    yield format_sse(f"<div>{html}</div>", event_id="idle", retry_ms=SSE_RETRY_MS)
     yield format_sse("", event="done", event_id="idle")
 
 # %% ../../nbs/routes/init.ipynb #a71739c5
 def _html(*items: Any, status_code: int = 200) -> Response:
-    return Response("".join(i if isinstance(i, str) else to_xml(i) for i in items), status_code=status_code,
-                    media_type="text/html; charset=utf-8")
+    text = "".join(i if isinstance(i, str) else to_xml(i) for i in items)
+    return Response(_SURROGATE.sub("\ufffd", text), status_code=status_code, media_type="text/html; charset=utf-8")
 
 def _error_oob(ids: JobMonitorHtmlIds, message: str) -> FT:
     return Div(Div(message, cls="alert alert-error text-sm", role="alert"), id=ids.error_slot, hx_swap_oob="true")
@@ -787,7 +846,7 @@ def _restore_with_error(hub: _MonitorHub, message: str) -> Response:
 
 def _clear_tracker(slot: _TrackerSlot, session_id: str) -> None:
     try: slot.write(session_id, None)
-    except sqlite3.Error as e: logger.error("Removing the job tracker of session %s failed: %s", session_id, e)
+    except TrackerStoreError as e: logger.error("Removing the job tracker of session %s failed: %s", session_id, e)
 
 def _full_log_text(service: JobMonitorService, job_id: str) -> str:
     lines, cursor = [], None
@@ -815,7 +874,7 @@ async def _start_sequence(hub: _MonitorHub, session_id: str, request: Any, sess:
     try:
         stored = hub.slot.read(session_id)
         hub.slot.write(session_id, hub.tracker_of(runner))
-    except sqlite3.Error as e:
+    except TrackerStoreError as e:
         logger.error("Saving the job tracker of session %s failed, cancelling job %s: %s", session_id, job_id, e)
         await hub.service.cancel_job(job_id)
         return _restore_with_error(hub, f"The job was not started because its state could not be saved: {e}")
@@ -828,14 +887,16 @@ def _result_of(service: JobMonitorService, job_id: str) -> Any:
     # NOTE: None when the queue has dropped the job from its history.
     return getattr(service.get_job(job_id), "result", None)
 
-def _adopt_tracker(hub: _MonitorHub, session_id: str, request: Any, sess: Any) -> Optional[_SequenceRunner]:
+def _adopt_tracker(hub: _MonitorHub, session_id: str, request: Any, sess: Any,
+                   raise_store_errors: bool = False) -> Optional[_SequenceRunner]:
     "Follow a stored sequence whose job the queue still has; remove a tracker whose job it no longer has."
     runner = hub.runner_for(session_id)
     if runner is not None: return runner
     try:
         stored = hub.slot.read(session_id)
-    except sqlite3.Error as e:
+    except TrackerStoreError as e:
         logger.error("Reading the job tracker of session %s failed: %s", session_id, e)
+        if raise_store_errors: raise
         return None
     if stored is None or _is_outcome_record(stored): return None
     if not _is_tracker(stored):
@@ -902,7 +963,10 @@ def init_job_monitor_routes(
         if not is_same_origin_request(request): return _reject_cross_site(request)
         session_id = get_workflow_session_id(sess)
         async with hub.session_lock(session_id):
-            runner = _adopt_tracker(hub, session_id, request, sess)
+            try:
+                runner = _adopt_tracker(hub, session_id, request, sess, raise_store_errors=True)
+            except TrackerStoreError as e:  # no job is submitted whose state could not be saved
+                return _restore_with_error(hub, f"The job was not started because its state could not be read: {e}")
             if runner is not None:  # attach to the sequence already in flight
                 return _html(_inflight_oob(hub, runner, open_modal=True))
             return await _start_sequence(hub, session_id, request, sess)
@@ -915,7 +979,7 @@ def init_job_monitor_routes(
             finished = hub.finished.get(session_id)
             if finished is not None and job_id in finished.job_ids: runner = finished
         if runner is None:
-            stream = _idle_stream(hub)
+            stream = _idle_stream(hub, job_id)
         else:
             stream = _viewer_stream(runner, request.headers.get("last-event-id"), config.heartbeat_s,
                                     config.sse_interval_s)
@@ -944,9 +1008,10 @@ def init_job_monitor_routes(
         if not job_id or not hub.owns_job(session_id, job_id):
             return Response("This session has no job with that id.", status_code=404, media_type="text/plain")
         text = await asyncio.to_thread(_full_log_text, monitor_service, job_id)
-        return Response(text, media_type="text/plain; charset=utf-8",
+        # nosniff: a browser must never read a log that contains markup as HTML.
+        return Response(_SURROGATE.sub("\ufffd", text), media_type="text/plain; charset=utf-8",
                         headers={"Content-Disposition": f'attachment; filename="job-{job_id[:8]}.log"',
-                                 "Cache-Control": "no-store"})
+                                 "Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"})
 
     @router.post(prefix + "/outcome")
     async def outcome(request: Request, sess):
@@ -956,7 +1021,7 @@ def init_job_monitor_routes(
             stored = hub.slot.read(session_id)
             if not _is_outcome_record(stored): return _html("")
             hub.slot.write(session_id, None)
-        except sqlite3.Error as e:
+        except TrackerStoreError as e:
             logger.error("Handing over the stored job outcome of session %s failed: %s", session_id, e)
             return _html("")
         finished = hub.finished.get(session_id)
@@ -1000,7 +1065,7 @@ def check_inflight_job(
     placeholder = Div(id=ids.modal, cls="hidden")
     try:
         stored = _TrackerSlot(state_store, workflow_id, step_id, state_key).read(session_id)
-    except sqlite3.Error as e:
+    except TrackerStoreError as e:
         logger.error("Reading the job tracker of session %s failed: %s", session_id, e)
         stored = None
     if _is_outcome_record(stored) and urls.outcome:
@@ -1028,7 +1093,7 @@ def _preview_tracker(hub: _MonitorHub, session_id: str) -> Optional[_SequenceRun
     "Return an unstarted runner that renders the stored sequence when its job is still queued or running."
     try:
         stored = hub.slot.read(session_id)
-    except sqlite3.Error as e:
+    except TrackerStoreError as e:
         logger.error("Reading the job tracker of session %s failed: %s", session_id, e)
         return None
     if not _is_tracker(stored): return None

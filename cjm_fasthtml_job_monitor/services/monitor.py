@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import signal
 import sqlite3
 import threading
 import time
@@ -24,14 +25,15 @@ from cjm_plugin_system.core.manager import PluginManager
 from cjm_plugin_system.core.queue import Job, JobQueue
 
 from cjm_fasthtml_job_monitor.models import (
-    ACTIVE_STATUSES, JobErrorSummary, JobView, LogLine, ResourceSnapshot, TERMINAL_STATUSES,
-    normalize_progress, normalize_status,
+    ACTIVE_STATUSES, MAX_ERROR_CHARS, MAX_MESSAGE_CHARS, JobErrorSummary, JobView, LogLine, ResourceSnapshot,
+    TERMINAL_STATUSES, clip_text, normalize_progress, normalize_status,
 )
 
 # %% auto #0
-__all__ = ['logger', 'QUEUE_INITIAL_PROGRESS', 'NVML_FAILURE_LOG_EVERY', 'STDOUT_GRACE_S', 'LOG_SETTLE_S', 'to_epoch',
-           'job_to_view', 'ProcessTreeSampler', 'NvmlReader', 'LogCursor', 'record_to_line', 'chunk_to_line',
-           'merge_log_batch', 'count_event_subscriptions', 'JobMonitorService', 'PluginNotAvailableError']
+__all__ = ['logger', 'QUEUE_INITIAL_PROGRESS', 'NVML_FAILURE_LOG_EVERY', 'STDOUT_GRACE_S', 'STDOUT_LATE_S', 'LOG_SETTLE_S',
+           'QUEUE_STOPPED_MESSAGE', 'to_epoch', 'job_to_view', 'ProcessTreeSampler', 'NvmlReader', 'LogCursor',
+           'record_to_line', 'chunk_to_line', 'merge_log_batch', 'count_event_subscriptions', 'JobMonitorService',
+           'PluginNotAvailableError', 'QueueNotRunningError', 'queue_is_running']
 
 # %% ../../nbs/services/monitor.ipynb #f9730865
 logger = logging.getLogger(__name__)
@@ -45,8 +47,11 @@ def to_epoch(
     if isinstance(value, datetime):
         if value.tzinfo is None: value = value.replace(tzinfo=timezone.utc)
         return value.timestamp()
-    if isinstance(value, (int, float)) and math.isfinite(value): return float(value)
-    return None
+    if not isinstance(value, (int, float)): return None
+    try:
+        return float(value) if math.isfinite(value) else None
+    except OverflowError:  # an int beyond the float range
+        return None
 
 # %% ../../nbs/services/monitor.ipynb #11ae1425
 QUEUE_INITIAL_PROGRESS = (0.0, "")  # A queue job's (progress, status_message) until its first progress poll
@@ -61,8 +66,8 @@ def _was_cancelled_by_plugin(job: Any) -> bool:
 def _error_summary(raw_error: Any) -> JobErrorSummary:
     if raw_error is None:
         return JobErrorSummary(category="unknown", message="The job failed without an error message.")
-    return JobErrorSummary(category=str(getattr(raw_error, "category", "") or "unknown"),
-                           message=str(getattr(raw_error, "message", "") or raw_error))
+    return JobErrorSummary(category=clip_text(getattr(raw_error, "category", "") or "unknown", 100),
+                           message=clip_text(getattr(raw_error, "message", "") or raw_error, MAX_ERROR_CHARS))
 
 def _matches_any(pair: Tuple[Any, Any], candidates: Collection[Tuple[Any, Any]]) -> bool:
     return any(pair == candidate for candidate in candidates)  # no hashing: progress may be any object
@@ -74,7 +79,7 @@ def _progress_and_message(
 ) -> Tuple[Optional[float], str]:
     "Pick the progress fraction and message that a view of a job in `status` shows."
     progress = normalize_progress(pair[0]) if reported else None
-    message = pair[1] if isinstance(pair[1], str) else str(pair[1] or "")
+    message = clip_text(pair[1] or "", MAX_MESSAGE_CHARS)
     if status == "pending": return None, "Queued"
     if status == "completed": return 1.0, "Completed"
     if status == "failed": return progress, "Failed"
@@ -227,7 +232,8 @@ class NvmlReader:
                 return None
 
 # %% ../../nbs/services/monitor.ipynb #0d859c83
-STDOUT_GRACE_S = 1.0  # Seconds after a job ends during which its worker's stdout still belongs to it
+STDOUT_GRACE_S = 1.0  # Seconds after a job ends after which its log counts as complete
+STDOUT_LATE_S = 30.0  # Seconds after a job ends in which stdout captured late still belongs to it
 LOG_SETTLE_S = 0.3  # Seconds a running job's newest lines wait, so both streams merge in time order
 
 @dataclass
@@ -320,6 +326,7 @@ class JobMonitorService:
         self._job_streams: Dict[str, Tuple[Optional[str], Optional[int]]] = {}  # job_id -> (worker session, last chunk seq) at submit
         self._no_report: Dict[str, Set[Tuple[Any, Any]]] = {}  # job_id -> (progress, message) pairs meaning "not reported yet"; empty once reported
         self._awaiting_leftover: Set[str] = set()  # Jobs whose worker's leftover progress is read once the jobs ahead of them end
+        self._outcome_overrides: Dict[str, Optional[Tuple[str, JobErrorSummary]]] = {}  # ended job_id -> (status, error) its view shows instead of the queue's, or None
         self._background: Set[asyncio.Task] = set()
         self._sampler = ProcessTreeSampler()
         self._nvml = NvmlReader(nvml_module)
@@ -350,6 +357,17 @@ class JobMonitorService:
 class PluginNotAvailableError(RuntimeError):
     "The target plugin is not loaded, so a job for it cannot run."
 
+class QueueNotRunningError(RuntimeError):
+    "The job queue is stopped, so a job submitted now would wait until it is started again."
+
+def queue_is_running(
+    queue: JobQueue,  # The job queue
+) -> bool:  # False between `stop()` and the next `start()`, and before the first `start()`
+    "Check whether the queue is dispatching jobs."
+    # NOTE: reads the private JobQueue._running_flag of cjm-plugin-system 0.0.46; the queue has no public
+    # flag. A queue without the attribute counts as running, so a newer release degrades to no check.
+    return bool(getattr(queue, "_running_flag", True))
+
 @patch
 async def submit_job(
     self: JobMonitorService,
@@ -362,6 +380,8 @@ async def submit_job(
     proxy = self._manager.get_plugin(plugin_name)
     if proxy is None:
         raise PluginNotAvailableError(f"Plugin {plugin_name!r} is not loaded; load it before submitting jobs.")
+    if not queue_is_running(self._queue):
+        raise QueueNotRunningError("The job queue is stopped; start it before submitting jobs.")
     jobs_ahead = self._active_job_ids(plugin_name)
     leftover = None if jobs_ahead else await self._read_worker_progress(proxy)
     job_id = await self._queue.submit(plugin_name, *args, priority=priority, **kwargs)
@@ -404,10 +424,63 @@ def get_job_view(
     no_report = self._no_report.setdefault(job_id, {QUEUE_INITIAL_PROGRESS})
     pair = (job.progress, job.status_message)
     if job_id in self._awaiting_leftover:
-        return job_to_view(job, job_id in self._cancel_requested, no_report=[*no_report, pair])
-    if no_report and normalize_status(job.status) == "running" and not _matches_any(pair, no_report):
-        no_report.clear()  # the plugin reported: from now on every value is its own
-    return job_to_view(job, job_id in self._cancel_requested, no_report=no_report)
+        view = job_to_view(job, job_id in self._cancel_requested, no_report=[*no_report, pair])
+    else:
+        if no_report and normalize_status(job.status) == "running" and not _matches_any(pair, no_report):
+            no_report.clear()  # the plugin reported: from now on every value is its own
+        view = job_to_view(job, job_id in self._cancel_requested, no_report=no_report)
+    return self._explain(job, view)
+
+# %% ../../nbs/services/monitor.ipynb #8a3c5f19
+_WORKER_LOST_NOTE = "The worker process of plugin {plugin!r} exited unexpectedly ({how}) while running the job."
+_UNLOADED_NOTE = "The plugin {plugin!r} was unloaded while the job ran."
+_QUEUE_STOPPED_ERROR = "The job queue stopped before the job finished."
+QUEUE_STOPPED_MESSAGE = "Waiting: the job queue is stopped"  # Stage message of a pending job while the queue is stopped
+
+def _exit_description(code: int) -> str:
+    "Describe a process exit code from `Popen.poll()`: negative codes are signals."
+    if code >= 0: return f"exit code {code}"
+    try:
+        return f"killed by {signal.Signals(-code).name}"
+    except ValueError:
+        return f"killed by signal {-code}"
+
+@patch
+def _worker_failure_note(self: JobMonitorService, job: Any) -> Optional[str]:
+    "Explain a failed job whose worker is gone or whose plugin was unloaded; None when neither happened."
+    plugin = str(getattr(job, "plugin_instance_id", "") or "")
+    proxy = self._manager.get_plugin(plugin)
+    if proxy is None: return _UNLOADED_NOTE.format(plugin=plugin)
+    process = getattr(proxy, "process", None)
+    code = process.poll() if process is not None else None
+    if code is None: return None  # the worker is alive: the plugin itself failed
+    return _WORKER_LOST_NOTE.format(plugin=plugin, how=_exit_description(code))
+
+@patch
+def _terminal_override(self: JobMonitorService, job: Any, view: JobView) -> Optional[Tuple[str, JobErrorSummary]]:
+    "Return the (status, error) that an ended job's view shows instead of the queue's, or None to keep it."
+    if view.status == "failed" and view.error is not None:
+        note = self._worker_failure_note(job)
+        if note is None: return None
+        return "failed", JobErrorSummary(view.error.category, clip_text(f"{note} ({view.error.message})", MAX_ERROR_CHARS))
+    if view.status == "cancelled" and not queue_is_running(self._queue):
+        requested = view.job_id in self._cancel_requested or getattr(job, "cancel_requested_at", None) is not None
+        if not requested: return "failed", JobErrorSummary("stopped", _QUEUE_STOPPED_ERROR)
+    return None
+
+@patch
+def _explain(self: JobMonitorService, job: Any, view: JobView) -> JobView:
+    "Rewrite the view of a job that a dead worker, an unload or a stopped queue ended; see the section above."
+    if view.is_terminal:
+        if view.job_id not in self._outcome_overrides:
+            self._outcome_overrides[view.job_id] = self._terminal_override(job, view)
+        override = self._outcome_overrides[view.job_id]
+        if override is None: return view
+        status, error = override
+        return replace(view, status=status, error=error, message="Failed", result=None)
+    if view.status == "pending" and not queue_is_running(self._queue):
+        return replace(view, message=QUEUE_STOPPED_MESSAGE)
+    return view
 
 # %% ../../nbs/services/monitor.ipynb #5d7c0e2a
 @patch
@@ -457,7 +530,7 @@ def _run_in_background(self: JobMonitorService, coro: Any) -> None:
 @patch
 def _forget_finished_jobs(self: JobMonitorService) -> None:
     "Drop the state of jobs that the queue no longer knows."
-    for table in (self._no_report, self._job_streams):
+    for table in (self._no_report, self._job_streams, self._outcome_overrides):
         for job_id in list(table):
             if self._queue.get_job(job_id) is None: table.pop(job_id, None)
     self._cancel_requested = {job_id for job_id in self._cancel_requested if self._queue.get_job(job_id) is not None}
@@ -492,7 +565,7 @@ def read_job_log(
         truncated = records_full or chunks_full
         if batch or not truncated or not moved: break  # read on only past pages of other jobs' stdout
 
-    settled = job is None or time.time() >= window[1] + LOG_SETTLE_S  # late stdout can still arrive until then
+    settled = job is None or time.time() >= self._settle_time(job, window) + LOG_SETTLE_S
     complete = not active and not truncated and settled
     return lines, replace(cursor, complete=complete)
 
@@ -510,12 +583,17 @@ def _stdout_window(self: JobMonitorService, job: Optional[Job], active: bool) ->
     if job is None: return (math.inf, math.inf)  # the queue forgot the job: its records remain, its stdout cannot be placed
     start = to_epoch(job.started_at)
     if active: return (start, math.inf)
-    end = (to_epoch(job.completed_at) or time.time()) + STDOUT_GRACE_S
+    end = (to_epoch(job.completed_at) or time.time()) + STDOUT_LATE_S
     for other in [*self._queue.get_history(), *self._queue.get_running_jobs()]:
         other_start = to_epoch(other.started_at)
         if other.id != job.id and other.plugin_instance_id == job.plugin_instance_id and other_start is not None:
             if start < other_start < end: end = other_start  # the next job's stdout starts here
     return (start, end)
+
+@patch
+def _settle_time(self: JobMonitorService, job: Job, window: Tuple[float, float]) -> float:
+    "Return the epoch seconds after which an ended job's log counts as complete."
+    return min(window[1], (to_epoch(job.completed_at) or time.time()) + STDOUT_GRACE_S)
 
 @patch
 def _read_stdout(self: JobMonitorService, job: Optional[Job], active: bool, records: Sequence[Any],

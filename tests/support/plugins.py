@@ -13,12 +13,24 @@ tests. A step is a JSON list whose first item names the action:
 - `["wait_cancel", seconds, on_cancel]`: wait up to `seconds` for a cancel request. `on_cancel` is
   "raise" (unwind through `check_cancel()`), "return" (return early on the request)
   or "ignore" (sleep through it, so the queue must kill the worker).
+- `["report", value, message]`: call `report_progress` with `value` as given, without
+  converting it; the strings "nan", "inf" and "-inf" become those floats, because JSON
+  arguments cannot carry them.
+- `["write_bytes", text]`: write `text` encoded as Latin-1 to the raw stdout, so any byte
+  sequence (invalid UTF-8 included) can be written.
+- `["print_many", prefix, count]`: print `count` lines "<prefix> <n>" as fast as possible.
+- `["log_many", level, prefix, count]`: emit `count` logging records "<prefix> <n>".
+- `["print_long", char, length]`: print one line of `length` copies of `char`.
+- `["escaped", action, *args]`: run `[action, *args]` with each string argument decoded
+  from Python escapes ("\\ud800" becomes a lone surrogate), to pass text that JSON
+  arguments cannot carry through the host.
 
 `execute` returns `{"steps": n}`, or `{"steps": n, "stopped": True}` when a
 "return" step saw a cancel request.
 """
 from __future__ import annotations
 
+import codecs
 import logging
 import subprocess
 import sys
@@ -30,6 +42,7 @@ from cjm_plugin_system.core.capability import ToolCapability
 logger = logging.getLogger("jm_test_plugin")
 
 CANCEL_POLL_S = 0.02  # Seconds between two cancel checks in a "wait_cancel" step
+_SPECIAL_FLOATS = {"nan": float("nan"), "inf": float("inf"), "-inf": float("-inf")}
 
 
 class StepsPlugin(ToolCapability):
@@ -82,6 +95,25 @@ class StepsPlugin(ToolCapability):
             raise RuntimeError(args[0])
         elif action == "wait_cancel":
             return self._wait_cancel(float(args[0]), args[1])
+        elif action == "report":
+            value = _SPECIAL_FLOATS.get(args[0], args[0]) if isinstance(args[0], str) else args[0]
+            self.report_progress(value, args[1])
+        elif action == "write_bytes":
+            sys.stdout.buffer.write(str(args[0]).encode("latin-1"))
+            sys.stdout.buffer.flush()
+        elif action == "print_many":
+            for number in range(int(args[1])):
+                print(f"{args[0]} {number}")
+            sys.stdout.flush()
+        elif action == "log_many":
+            level = logging.getLevelName(args[0])
+            for number in range(int(args[2])):
+                logger.log(level, "%s %d", args[1], number)
+        elif action == "print_long":
+            print(str(args[0]) * int(args[1]), flush=True)
+        elif action == "escaped":
+            decoded = [codecs.decode(arg, "unicode_escape") if isinstance(arg, str) else arg for arg in args[1:]]
+            return self._run_step([args[0], *decoded], children)
         else:
             raise ValueError(f"Unknown step {action!r}: expected one of the actions in the module docstring.")
         return None

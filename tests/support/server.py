@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import queue
+import re
 import signal
 import socket
 import subprocess
@@ -26,7 +27,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterable, Iterator, Optional
 
 import httpx
 import uvicorn
@@ -302,6 +303,29 @@ class SSEEvent:
     retry: Optional[int] = None  # The `retry:` field in milliseconds, or None
 
 
+_SSE_LINE_END = re.compile(r"\r\n|\r|\n")
+
+
+def split_sse_lines(chunks: Iterable[str]) -> Iterator[str]:
+    """Split decoded event-stream text into lines, as the HTML standard's EventSource does.
+
+    Only CRLF, LF and CR end a line. `str.splitlines()` and httpx's `iter_lines()`
+    also split on U+2028, U+0085, form feeds and more, which a browser keeps
+    inside the line, so a parser fed by them would see events a browser never sees.
+    Text after the last line ending is yielded as a last line when the chunks end.
+    """
+    pending = ""
+    for chunk in chunks:
+        pending += chunk
+        # A trailing CR waits for the next chunk: it may be the first half of a CRLF.
+        held = "\r" if pending.endswith("\r") else ""
+        pieces = _SSE_LINE_END.split(pending[:-1] if held else pending)
+        pending = pieces.pop() + held
+        yield from pieces
+    if pending:
+        yield from _SSE_LINE_END.split(pending.removesuffix("\r"))
+
+
 class SSEParser:
     """An incremental parser for the text/event-stream format of the HTML standard.
 
@@ -372,7 +396,7 @@ class SSEStream:
     def _read(self) -> None:
         error: Optional[BaseException] = None
         try:
-            for line in self.response.iter_lines():
+            for line in split_sse_lines(self.response.iter_text()):
                 event = self.parser.feed(line)
                 if event is not None:
                     self._queue.put(event)
@@ -476,7 +500,7 @@ def open_sse_stream(
 def iter_sse_lines(text: str) -> Iterator[SSEEvent]:
     "Parse a complete event-stream body, such as a recorded response, into events."
     parser = SSEParser()
-    for line in text.splitlines():
+    for line in split_sse_lines([text]):
         event = parser.feed(line)
         if event is not None:
             yield event

@@ -23,6 +23,7 @@ processes of a data folder, for checks that nothing was left behind.
 """
 from __future__ import annotations
 
+import json
 import logging
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -111,6 +112,16 @@ def kill_worker_processes(data_dir: Path) -> List[int]:
     return [proc.pid for proc in procs]
 
 
+def add_worker_env_specs(
+    manifest_path: Path,  # Manifest written by `write_plugin_manifest`
+    specs: List[Dict[str, Any]],  # Entries such as {"name": "API_KEY", "secret": True}
+) -> None:
+    "Add `worker_env` entries to a manifest; the manager puts them in the worker's environment, secrets from its store."
+    manifest = json.loads(Path(manifest_path).read_text())
+    manifest["code"]["worker_env"] = list(specs)
+    Path(manifest_path).write_text(json.dumps(manifest, indent=2))
+
+
 @asynccontextmanager
 async def worker_env(
     data_dir: Path,  # Empty folder for manifests and databases, e.g. pytest's tmp_path
@@ -119,6 +130,8 @@ async def worker_env(
     cancel_timeout: float = 1.0,  # Seconds the queue waits for a cooperative cancel before killing the worker
     queue_kwargs: Optional[Dict[str, Any]] = None,  # Further `JobQueue` arguments
     service_kwargs: Optional[Dict[str, Any]] = None,  # Further `JobMonitorService` arguments
+    worker_env_specs: Optional[Dict[str, List[Dict[str, Any]]]] = None,  # Plugin name -> manifest `worker_env` entries
+    secrets: Optional[Dict[str, Dict[str, str]]] = None,  # Plugin name -> {variable: value} put in the secret store
 ) -> AsyncIterator[WorkerEnv]:  # The running environment; torn down on exit
     "Load `plugin_classes` as real workers under `data_dir` and run a queue and a monitor service over them."
     data_dir = Path(data_dir).resolve()
@@ -127,8 +140,13 @@ async def worker_env(
     service: Optional[JobMonitorService] = None
     set_config(CJMConfig(data_dir=data_dir))
     try:
-        for cls in plugin_classes: write_plugin_manifest(data_dir, cls)
+        for cls in plugin_classes:
+            path = write_plugin_manifest(data_dir, cls)
+            name = cls.plugin_name if hasattr(cls, "plugin_name") else cls().name
+            if worker_env_specs and name in worker_env_specs: add_worker_env_specs(path, worker_env_specs[name])
         manager = PluginManager(search_paths=[data_dir / "manifests"])
+        for plugin, values in (secrets or {}).items():
+            for variable, value in values.items(): manager.secret_store.set_secret(plugin, variable, value)
         metas = {meta.name: meta for meta in manager.discover_manifests()}
         names = [cls.plugin_name if hasattr(cls, "plugin_name") else cls().name for cls in plugin_classes]
         for name in names:

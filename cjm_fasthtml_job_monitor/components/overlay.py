@@ -35,7 +35,7 @@ def render_job_overlay(
         data_jm_overlay="1",
         role="status",
         aria_label="A job is running; this content is locked until it ends.",
-        style=f"z-index: {int(config.overlay_z_index)}",
+        data_jm_z_index=str(int(config.overlay_z_index)),
         cls=combine_classes(position.absolute, inset._0, flex_display, items.center, justify.center,
                             bg_dui.base_100.opacity(60), rounded.box),
     )

@@ -24,7 +24,7 @@ from urllib.parse import quote, urlsplit
 
 import anyio.from_thread
 from fastcore.basics import patch
-from fasthtml.common import APIRouter, Div, FT, Response, Span, StreamingResponse, to_xml
+from fasthtml.common import APIRouter, Div, FT, Response, StreamingResponse, to_xml
 from starlette.requests import Request
 
 from cjm_workflow_state.state_store import SQLiteWorkflowStateStore
@@ -40,7 +40,7 @@ from ..components.trigger import render_job_progress_button, render_job_trigger
 from ..html_ids import JobMonitorHtmlIds
 from cjm_fasthtml_job_monitor.models import (
     MAX_ERROR_CHARS, MAX_MESSAGE_CHARS, JobMonitorConfig, JobMonitorUrls, JobView, LogLine, ResourceSnapshot,
-    TERMINAL_STATUSES,
+    JOB_STATUSES, TERMINAL_STATUSES,
 )
 from cjm_fasthtml_job_monitor.services.monitor import (
     LOG_SETTLE_S, STDOUT_GRACE_S, JobMonitorService, LogCursor,
@@ -209,8 +209,26 @@ class _EtaEstimator:
         if high > low * (1 + self._tolerance): return None
         return max(0.0, sum(self._totals) / len(self._totals) - elapsed_s)
 
-# %% ../../nbs/routes/init.ipynb #b8f5fc03
+# %% ../../nbs/routes/init.ipynb #9c395249
 _HISTORY_LEN = 120  # Resource samples kept for the sparklines
+
+class _History:
+    "Resource samples over a job's whole life, thinned by halves to stay within `size` points."
+    def __init__(self, size: int = _HISTORY_LEN):
+        self.size, self.stride, self.seen, self.points = size, 1, 0, []
+
+    def add(self, sample: Any) -> None:
+        self.seen += 1
+        if (self.seen - 1) % self.stride: return
+        self.points.append(sample)
+        if len(self.points) >= self.size:
+            self.points = self.points[::2]
+            self.stride *= 2
+
+    def __iter__(self): return iter(self.points)
+    def __len__(self) -> int: return len(self.points)
+
+# %% ../../nbs/routes/init.ipynb #b8f5fc03
 _LOG_DRAIN_S = STDOUT_GRACE_S + LOG_SETTLE_S + 1.0  # Max seconds spent waiting for an ended job's last log lines
 _LOG_DRAIN_MAX_S = 30.0  # Max seconds spent reading an ended job's backlog of log lines
 _LOG_CATCH_UP_S = 2.0  # Max seconds one log poll spends reading a backlog
@@ -259,7 +277,7 @@ class _SequenceRunner:
         self.results: List[Any] = list(results or [])
         self.channel = _Channel(log_buffer=max(hub.config.log_dom_limit, hub.config.log_lines))
         self.view: Optional[JobView] = None
-        self.history: Deque[ResourceSnapshot] = deque(maxlen=_HISTORY_LEN)
+        self.history = _History()
         self.resources: Optional[ResourceSnapshot] = None
         self.eta = _EtaEstimator()
         self.eta_s: Optional[float] = None
@@ -373,7 +391,6 @@ class _SequenceRunner:
         self.channel.set_part("progress", self.render_progress())
         status = self.display_status()
         if status != previous:
-            self.channel.set_part("live", self.render_live(status))
             self.channel.set_part("footer", self.render_footer())
 
     async def _poll_logs_and_resources(self, job_id: str) -> None:
@@ -385,7 +402,7 @@ class _SequenceRunner:
                 snapshot = await asyncio.to_thread(self.hub.service.get_resource_snapshot, self.hub.plugin_name)
                 if snapshot is not None:
                     self.resources = snapshot
-                    self.history.append(snapshot)
+                    self.history.add(snapshot)
                 self.channel.set_part("resources", self.render_resources())
                 next_resources = time.monotonic() + config.resources_interval_s
             await asyncio.sleep(config.sse_interval_s)
@@ -429,15 +446,12 @@ class _SequenceRunner:
         self.finished.set()
 
 # %% ../../nbs/routes/init.ipynb #9a3f6e70
-_LIVE_TEXT = {"pending": "Job queued", "running": "Job running", "cancelling": "Cancelling job",
-              "completed": "Job completed", "failed": "Job failed", "cancelled": "Job cancelled"}
-
 @patch
 def display_status(self: _SequenceRunner) -> str:
     if self.outcome is not None: return self.outcome
     view = self.view
     if view is None: return "pending"
-    if view.is_terminal or view.status not in _LIVE_TEXT: return "cancelling" if self.cancel_requested else "running"
+    if view.is_terminal or view.status not in JOB_STATUSES: return "cancelling" if self.cancel_requested else "running"
     return view.status
 
 @patch
@@ -503,10 +517,6 @@ def render_footer(self: _SequenceRunner) -> str:
     return to_xml(render_footer_oob(self.hub.ids, self.hub.urls, is_active=self.outcome is None, job_id=self.job_id))
 
 @patch
-def render_live(self: _SequenceRunner, status: str) -> str:
-    return to_xml(Span(_LIVE_TEXT.get(status, ""), id=self.hub.ids.live_region, hx_swap_oob="innerHTML"))
-
-@patch
 def render_log_append(self: _SequenceRunner, rendered_lines: Sequence[str]) -> str:
     return f'<div hx-swap-oob="beforeend:#{self.hub.ids.log_lines}">{"".join(rendered_lines)}</div>'
 
@@ -522,8 +532,7 @@ def render_logs_snapshot(self: _SequenceRunner) -> str:
 @patch
 def render_snapshot(self: _SequenceRunner, after_log_seq: Optional[int]) -> str:
     "Render everything a connecting viewer needs; with `after_log_seq`, only the log lines after it."
-    status = self.display_status()
-    parts = [self.render_progress(), self.render_footer(), self.render_resources(), self.render_live(status)]
+    parts = [self.render_progress(), self.render_footer(), self.render_resources()]
     missed = self.channel.lines_after(after_log_seq) if after_log_seq is not None else None
     if missed is None: parts.append(self.render_logs_snapshot())
     elif missed: parts.append(self.render_log_append(missed))
@@ -533,7 +542,7 @@ def render_snapshot(self: _SequenceRunner, after_log_seq: Optional[int]) -> str:
 def render_terminal(self: _SequenceRunner, extra_html: str) -> str:
     "Render the final update: final tabs and footer, no overlay, no connection, the trigger and the callback's output."
     hub = self.hub
-    parts = [self.render_progress(), self.render_footer(), self.render_live(self.outcome)]
+    parts = [self.render_progress(), self.render_footer()]
     if self.resources is not None: parts.append(self.render_resources())
     parts.append(hub.render_overlay_placeholder_oob())
     parts.append(hub.render_inert_connection())
@@ -818,7 +827,7 @@ async def _idle_stream(hub: _MonitorHub, job_id: str = "") -> AsyncIterator[str]
     "Yield the one message that returns a viewer's page to the idle state, then `done`."
     html = hub.render_idle_html()
     if job_id:
-        progress = render_progress_tab(hub.ids, "unknown", -1.0, JOB_GONE_MESSAGE, now=time.time())
+        progress = render_progress_tab(hub.ids, "unknown", -1.0, JOB_GONE_MESSAGE, now=time.time(), ended=True)
         html += to_xml(Div(progress, id=hub.ids.tab_progress, hx_swap_oob="true"))
         html += to_xml(render_footer_oob(hub.ids, hub.urls, is_active=False))
     yield format_sse(f"<div>{html}</div>", event_id="idle", retry_ms=SSE_RETRY_MS)
@@ -837,12 +846,18 @@ def _error_clear_oob(ids: JobMonitorHtmlIds) -> FT:
 
 def _inflight_oob(hub: _MonitorHub, runner: _SequenceRunner, open_modal: bool) -> str:
     "Render the progress button, the overlay and the modal with its SSE connection as out-of-band swaps."
+    # The progress button's slot brings an empty error element, which clears an earlier error.
     return "".join(to_xml(_oob(element)) for element in (
         render_job_progress_button(hub.config, hub.ids), render_job_overlay(hub.ids, hub.config),
-        runner.render_modal(open_on_render=open_modal))) + to_xml(_error_clear_oob(hub.ids))
+        runner.render_modal(open_on_render=open_modal)))
 
 def _restore_with_error(hub: _MonitorHub, message: str) -> Response:
-    return _html(hub.render_trigger_oob(), _error_oob(hub.ids, message))
+    "Restore the trigger with `message` in its error element."
+    trigger = _oob(render_job_trigger(hub.config, hub.ids, hub.urls, icon_fn=hub.icon_fn))
+    for child in trigger.children:
+        if isinstance(child, FT) and child.attrs.get("id") == hub.ids.error_slot:
+            child.children = (Div(message, cls="alert alert-error text-sm"),)
+    return _html(trigger)
 
 def _clear_tracker(slot: _TrackerSlot, session_id: str) -> None:
     try: slot.write(session_id, None)
@@ -855,6 +870,13 @@ def _full_log_text(service: JobMonitorService, job_id: str) -> str:
         if not batch: break
         lines.extend(line.format() for line in batch)
     return "\n".join(lines) + ("\n" if lines else "")
+
+def _sequence_log_text(service: JobMonitorService, job_ids: Sequence[str]) -> str:
+    "Join the logs of a sequence's jobs, each under a header line; a single job's log has no header."
+    if len(job_ids) == 1: return _full_log_text(service, job_ids[0])
+    parts = [f"=== Job {i} of {len(job_ids)} ({job_id}) ===\n{_full_log_text(service, job_id)}"
+             for i, job_id in enumerate(job_ids, start=1)]
+    return "\n".join(parts)
 
 # %% ../../nbs/routes/init.ipynb #3e7c1d95
 async def _start_sequence(hub: _MonitorHub, session_id: str, request: Any, sess: Any) -> Response:
@@ -1007,7 +1029,9 @@ def init_job_monitor_routes(
         session_id = get_workflow_session_id(sess)
         if not job_id or not hub.owns_job(session_id, job_id):
             return Response("This session has no job with that id.", status_code=404, media_type="text/plain")
-        text = await asyncio.to_thread(_full_log_text, monitor_service, job_id)
+        runner = hub.runners.get(session_id) or hub.finished.get(session_id)
+        sequence = list(runner.job_ids) if runner is not None and job_id in runner.job_ids else [job_id]
+        text = await asyncio.to_thread(_sequence_log_text, monitor_service, sequence)
         # nosniff: a browser must never read a log that contains markup as HTML.
         return Response(_SURROGATE.sub("\ufffd", text), media_type="text/plain; charset=utf-8",
                         headers={"Content-Disposition": f'attachment; filename="job-{job_id[:8]}.log"',

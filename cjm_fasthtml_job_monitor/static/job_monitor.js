@@ -201,6 +201,9 @@
   // --- Overlay ---------------------------------------------------------------------------------
 
   function coverSiblings(overlay) {
+    // Set from script, not a style attribute, so a strict Content Security Policy allows it.
+    var z = parseInt(overlay.getAttribute("data-jm-z-index"), 10);
+    if (isFinite(z)) overlay.style.zIndex = String(z);
     var parent = overlay.parentElement;
     if (!parent) return;
     parent.setAttribute("aria-busy", "true");

@@ -46,9 +46,12 @@ def format_duration(
     return f"{minutes}:{secs:02d}"
 
 def _is_number(value: Any) -> bool:
-    "Check that `value` is a finite int or float (bools excluded)."
+    "Check that `value` is a finite int or float (bools excluded) that fits a float."
     if isinstance(value, bool) or not isinstance(value, (int, float)): return False
-    return math.isfinite(value)
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int beyond the float range, such as 10**400
+        return False
 
 # %% ../../../nbs/components/tabs/progress_tab.ipynb #3d28196a
 def compute_elapsed(
@@ -122,10 +125,11 @@ def render_progress_tab(
     label: str = '',  # Short context label, e.g. "Source 2/3"
     now: Optional[float] = None,  # Server epoch seconds for the elapsed time; defaults to time.time()
     eta_s: Optional[float] = None,  # Estimated seconds remaining, shown while the job is active
+    ended: bool = False,  # The job is over whatever its status says, e.g. a job the server no longer has
 ) -> FT:  # Progress tab content
     "Render the progress tab: status badge, progress bar, stage message, elapsed and remaining time."
     status = normalize_status(status)
-    is_terminal = status in TERMINAL_STATUSES
+    is_terminal = status in TERMINAL_STATUSES or bool(ended)
     fraction = 1.0 if status == "completed" else normalize_progress(progress_value)
     percent = None if fraction is None else int(fraction * 100)
     now = time.time() if not _is_number(now) else now
@@ -133,12 +137,12 @@ def render_progress_tab(
     header = Div(
         _render_status_badge(status),
         Span(str(label), cls=combine_classes(font_weight.medium, wrap_anywhere)) if label else None,
-        _render_elapsed(ids, status, started_at, completed_at, now),
+        _render_elapsed(ids, is_terminal, started_at, completed_at, now),
         cls=combine_classes(flex_display, flex_wrap.wrap, items.center, gap._2),
     )
     children = [
         header,
-        _render_bar(ids, status, fraction, percent),
+        _render_bar(ids, status, fraction, percent, is_terminal),
         P(str(status_message), cls=combine_classes(whitespace.pre_wrap, wrap_anywhere)) if status_message else None,
         _render_eta(eta_s) if not is_terminal else None,
         _render_notice(status, error_message),
@@ -156,10 +160,10 @@ def render_progress_tab(
     )
 
 # %% ../../../nbs/components/tabs/progress_tab.ipynb #fd867c63
-def _render_elapsed(ids, status, started_at, completed_at, now) -> FT:
+def _render_elapsed(ids, ended, started_at, completed_at, now) -> FT:
     "Render the elapsed time with the attributes the browser ticker reads."
     elapsed = compute_elapsed(started_at, completed_at, now)
-    running = elapsed is not None and status not in TERMINAL_STATUSES and not _is_number(completed_at)
+    running = elapsed is not None and not ended and not _is_number(completed_at)
     return Span(
         Span("Elapsed ", cls=text_dui.base_content.opacity(70)),
         Span(format_duration(elapsed), id=ids.elapsed, data_jm_elapsed="1",
@@ -168,11 +172,11 @@ def _render_elapsed(ids, status, started_at, completed_at, now) -> FT:
         cls=combine_classes(m.l.auto, font_size.sm),
     )
 
-def _render_bar(ids, status, fraction, percent) -> FT:
-    "Render the progress bar and its percentage, or an indeterminate bar."
+def _render_bar(ids, status, fraction, percent, ended) -> FT:
+    "Render the progress bar and its percentage, an indeterminate bar, or an empty bar for an ended job."
     color = _BAR_COLORS.get(status, progress_colors.primary)
     bar_cls = combine_classes(progress, color, w.full)
-    if fraction is None and status in TERMINAL_STATUSES:
+    if fraction is None and ended:
         bar = Progress(value="0", max="100", id=ids.progress_bar, aria_label="Job progress", cls=bar_cls)
         return Div(bar, cls=combine_classes(flex_display, items.center, gap._3))
     if fraction is None:

@@ -27,10 +27,10 @@ import pytest
 from playwright.sync_api import Page, expect
 
 from tests.support.app_harness import (
-    CONTENT_ID, AppHarness, SessionClient, job_id_of, read_until_done,
+    CONTENT_ID, AppHarness, SessionClient, job_id_of, read_until_done, served_harness, session_clients,
 )
 from tests.support.browser import PageLog
-from tests.support.server import SSEEvent, ThreadedServer
+from tests.support.server import SSEEvent
 from tests.support.workers import worker_processes
 
 JOB_TIMEOUT_S = 60.0
@@ -41,24 +41,14 @@ UI_TIMEOUT_MS = 20_000
 @pytest.fixture(scope="module")
 def harness(tmp_path_factory: pytest.TempPathFactory):
     data_dir = tmp_path_factory.mktemp("faults")
-    harness = AppHarness(data_dir, worker_kwargs={"cancel_timeout": 1.0})
-    server = ThreadedServer(harness.build_app(), ready_path="/whoami").start()
-    harness.server = server
-    yield harness
-    server.stop()
-    assert worker_processes(data_dir) == [], "a worker process outlived the test server"
+    with served_harness(data_dir, worker_kwargs={"cancel_timeout": 1.0}) as harness:
+        yield harness
 
 
 @pytest.fixture
 def clients(harness: AppHarness):
-    opened: List[SessionClient] = []
-
-    def make() -> SessionClient:
-        opened.append(SessionClient(harness.server.base_url))
-        return opened[-1]
-
-    yield make
-    for client in opened: client.close()
+    with session_clients(harness.server.base_url) as open_session:
+        yield open_session
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float = JOB_TIMEOUT_S, what: str = "condition") -> Any:

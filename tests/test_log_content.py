@@ -19,10 +19,9 @@ import pytest
 from playwright.sync_api import Page
 
 from cjm_fasthtml_job_monitor.models import JobMonitorConfig
-from tests.support.app_harness import AppHarness, SessionClient, job_id_of, read_until_done
+from tests.support.app_harness import AppHarness, SessionClient, job_id_of, read_until_done, served_harness
 from tests.support.browser import PageLog
-from tests.support.server import SSEEvent, ThreadedServer
-from tests.support.workers import worker_processes
+from tests.support.server import SSEEvent
 
 DOM_LIMIT = 300  # Lines the page and the server's buffer keep; small, so a burst overflows it many times
 BURST_LINES = 30_000  # Lines one print burst writes
@@ -50,19 +49,14 @@ def harness(tmp_path_factory: pytest.TempPathFactory):
     data_dir = tmp_path_factory.mktemp("log-content")
     config = JobMonitorConfig(sse_interval_s=0.2, heartbeat_s=1.0, resources_interval_s=2.0, log_dom_limit=DOM_LIMIT,
                               log_lines=DOM_LIMIT)
-    harness = AppHarness(data_dir, config=config)
-    server = ThreadedServer(harness.build_app(), ready_path="/whoami").start()
-    harness.server = server
-    yield harness
-    server.stop()
-    assert worker_processes(data_dir) == [], "a worker process outlived the test server"
+    with served_harness(data_dir, config=config) as harness:
+        yield harness
 
 
 @pytest.fixture
 def client(harness: AppHarness):
-    client = SessionClient(harness.server.base_url)
-    yield client
-    client.close()
+    with SessionClient(harness.server.base_url) as client:
+        yield client
 
 
 LINE_TEXT_RE = re.compile(r'data-seq="\d+"[^>]*>.*?<span class="[^"]*whitespace-pre-wrap[^"]*">([^<]*)</span>', re.S)

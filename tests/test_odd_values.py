@@ -37,9 +37,8 @@ from cjm_fasthtml_job_monitor.routes.init import TRACKER_FORMAT
 from cjm_fasthtml_job_monitor.services.monitor import job_to_view, to_epoch
 from tests.support.app_harness import (
     STATE_KEY, STEP_ID, WORKFLOW_ID, AppHarness, SessionClient, job_id_of, parse_markup, read_until_done,
+    served_harness,
 )
-from tests.support.server import ThreadedServer
-from tests.support.workers import worker_processes
 
 IDS = JobMonitorHtmlIds("jm")
 URLS = JobMonitorUrls(trigger="/jobs/trigger", progress="/jobs/progress", cancel="/jobs/cancel", log="/jobs/log")
@@ -219,19 +218,14 @@ def test_job_view_elapsed_with_odd_times():
 @pytest.fixture(scope="module")
 def harness(tmp_path_factory: pytest.TempPathFactory):
     data_dir = tmp_path_factory.mktemp("odd-values")
-    harness = AppHarness(data_dir)
-    server = ThreadedServer(harness.build_app(), ready_path="/whoami").start()
-    harness.server = server
-    yield harness
-    server.stop()
-    assert worker_processes(data_dir) == [], "a worker process outlived the test server"
+    with served_harness(data_dir) as harness:
+        yield harness
 
 
 @pytest.fixture
 def client(harness: AppHarness):
-    client = SessionClient(harness.server.base_url)
-    yield client
-    client.close()
+    with SessionClient(harness.server.base_url) as client:
+        yield client
 
 
 @pytest.fixture

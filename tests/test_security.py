@@ -39,10 +39,10 @@ from cjm_fasthtml_job_monitor.components.modal import (
     SSE_EXTENSION_CDN_URL, SSE_EXTENSION_SRI, SSE_EXTENSION_VERSION, get_sse_headers, sri_hash,
 )
 from tests.support.app_harness import (
-    PREFIX, AppHarness, SessionClient, job_id_of, read_until_done,
+    PREFIX, AppHarness, SessionClient, job_id_of, read_until_done, served_harness, session_clients,
 )
 from tests.support.browser import PageLog, assets
-from tests.support.server import ThreadedServer, open_sse_stream
+from tests.support.server import open_sse_stream
 from tests.support.workers import worker_processes
 
 NODE_MODULES = assets.DEFAULT_CACHE_DIR / "node_modules"
@@ -55,24 +55,14 @@ UI_TIMEOUT_MS = 20_000
 @pytest.fixture(scope="module")
 def harness(tmp_path_factory: pytest.TempPathFactory):
     data_dir = tmp_path_factory.mktemp("security")
-    harness = AppHarness(data_dir)
-    server = ThreadedServer(harness.build_app(), ready_path="/whoami").start()
-    harness.server = server
-    yield harness
-    server.stop()
-    assert worker_processes(data_dir) == [], "a worker process outlived the test server"
+    with served_harness(data_dir) as harness:
+        yield harness
 
 
 @pytest.fixture
 def clients(harness: AppHarness):
-    opened: List[SessionClient] = []
-
-    def make() -> SessionClient:
-        opened.append(SessionClient(harness.server.base_url))
-        return opened[-1]
-
-    yield make
-    for client in opened: client.close()
+    with session_clients(harness.server.base_url) as open_session:
+        yield open_session
 
 
 def queue_job_ids(harness: AppHarness) -> set:

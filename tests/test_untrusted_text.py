@@ -31,10 +31,10 @@ from cjm_fasthtml_job_monitor.models import MAX_ERROR_CHARS, MAX_MESSAGE_CHARS, 
 from cjm_fasthtml_job_monitor.routes.init import format_sse
 from tests.support.app_harness import (
     PROBE_PATH, RESULTS_ID, AppHarness, Markup, SessionClient, job_id_of, parse_markup, read_until_done,
+    served_harness,
 )
 from tests.support.browser import PageLog
-from tests.support.server import ThreadedServer, iter_sse_lines
-from tests.support.workers import worker_processes
+from tests.support.server import iter_sse_lines
 
 PROBE = PROBE_PATH + "/untrusted"
 
@@ -95,19 +95,14 @@ def assert_only_library_markup(html: str, where: str) -> Markup:
 @pytest.fixture(scope="module")
 def harness(tmp_path_factory: pytest.TempPathFactory):
     data_dir = tmp_path_factory.mktemp("untrusted")
-    harness = AppHarness(data_dir)
-    server = ThreadedServer(harness.build_app(), ready_path="/whoami").start()
-    harness.server = server
-    yield harness
-    server.stop()
-    assert worker_processes(data_dir) == [], "a worker process outlived the test server"
+    with served_harness(data_dir) as harness:
+        yield harness
 
 
 @pytest.fixture
 def client(harness: AppHarness):
-    client = SessionClient(harness.server.base_url)
-    yield client
-    client.close()
+    with SessionClient(harness.server.base_url) as client:
+        yield client
 
 
 # --- SSE framing --------------------------------------------------------------------------------

@@ -25,10 +25,11 @@ import inspect
 import json
 import re
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
 import httpx
 from fasthtml.common import H1, Div, FastHTML, Link, Main, P, Script, Title
@@ -42,8 +43,8 @@ from cjm_fasthtml_job_monitor.models import JobMonitorConfig
 from cjm_fasthtml_job_monitor.routes import init as routes_module
 from cjm_fasthtml_job_monitor.routes.init import check_inflight_job, get_workflow_session_id, init_job_monitor_routes
 from tests.support import plugins as plugins_module
-from tests.support.server import SSEEvent, SSEStream, open_sse_stream
-from tests.support.workers import worker_env
+from tests.support.server import SSEEvent, SSEStream, ThreadedServer, open_sse_stream
+from tests.support.workers import worker_env, worker_processes
 
 WORKFLOW_ID, STEP_ID, STATE_KEY = "harness", "run", "tracker"
 PREFIX = "/jobs"
@@ -300,6 +301,33 @@ class SessionClient:
 
     def __exit__(self, *exc_info: Any) -> None:
         self.close()
+
+
+@contextmanager
+def served_harness(data_dir: Path, **harness_kwargs: Any) -> Iterator["AppHarness"]:
+    "Serve an `AppHarness` on 127.0.0.1; on exit stop it and check that no worker process outlived it."
+    harness = AppHarness(data_dir, **harness_kwargs)
+    harness.server = ThreadedServer(harness.build_app(), ready_path="/whoami").start()
+    try:
+        yield harness
+    finally:
+        harness.server.stop()
+    assert worker_processes(data_dir) == [], "a worker process outlived the test server"
+
+
+@contextmanager
+def session_clients(base_url: str) -> Iterator[Callable[[], SessionClient]]:
+    "Yield a function that opens a new browser session on `base_url`; every session it opened is closed on exit."
+    opened: List[SessionClient] = []
+
+    def open_session() -> SessionClient:
+        opened.append(SessionClient(base_url))
+        return opened[-1]
+
+    try:
+        yield open_session
+    finally:
+        for client in opened: client.close()
 
 
 def job_id_of(response: httpx.Response) -> str:

@@ -69,7 +69,23 @@ class _RecordingHandler(logging.Handler):
 _RECORDED_LOGGERS = ("", "uvicorn")
 
 
-class ThreadedServer:
+class _LoopbackURLs:
+    "URLs of a server listening on 127.0.0.1 at `self.port`."
+    port: Optional[int]
+
+    @property
+    def base_url(self) -> str:
+        "The server's root URL, such as http://127.0.0.1:PORT."
+        if self.port is None:
+            raise RuntimeError("The server has not started; call start() first.")
+        return f"http://{LOOPBACK}:{self.port}"
+
+    def url(self, path: str = "/") -> str:
+        "Return the absolute URL of `path` on this server."
+        return self.base_url + (path if path.startswith("/") else "/" + path)
+
+
+class ThreadedServer(_LoopbackURLs):
     """An ASGI app served by uvicorn on a free 127.0.0.1 port, in a background thread.
 
     `start()` returns once the app's startup handlers ran and the server responds
@@ -94,16 +110,6 @@ class ThreadedServer:
         self._error: Optional[BaseException] = None
         self._log = _RecordingHandler()
 
-    @property
-    def base_url(self) -> str:
-        "The server's root URL, such as http://127.0.0.1:PORT."
-        if self.port is None:
-            raise RuntimeError("The server has not started; call start() first.")
-        return f"http://{LOOPBACK}:{self.port}"
-
-    def url(self, path: str = "/") -> str:
-        "Return the absolute URL of `path` on this server."
-        return self.base_url + (path if path.startswith("/") else "/" + path)
 
     @property
     def log_lines(self) -> list[str]:
@@ -171,7 +177,7 @@ class ThreadedServer:
         self.stop()
 
 
-class ServerProcess:
+class ServerProcess(_LoopbackURLs):
     """An app factory served by uvicorn in a child process on 127.0.0.1.
 
     The child is `python -m tests.support.server`; it imports `factory`
@@ -203,16 +209,6 @@ class ServerProcess:
             log_path = Path(tempfile.mkdtemp(prefix="test-server-")) / "server.log"
         self.log_path = Path(log_path)
 
-    @property
-    def base_url(self) -> str:
-        "The server's root URL, such as http://127.0.0.1:PORT."
-        if self.port is None:
-            raise RuntimeError("The server has not started; call start() first.")
-        return f"http://{LOOPBACK}:{self.port}"
-
-    def url(self, path: str = "/") -> str:
-        "Return the absolute URL of `path` on this server."
-        return self.base_url + (path if path.startswith("/") else "/" + path)
 
     def log_text(self) -> str:
         "Return what the child wrote to stdout and stderr so far."

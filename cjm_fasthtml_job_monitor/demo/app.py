@@ -9,18 +9,24 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
+import fcntl
 import json
 import logging
 import os
+import signal
+import socket
 import sysconfig
 import tempfile
 from pathlib import Path
-from typing import Any, List, Optional, Sequence
+from typing import Any, Awaitable, Callable, List, NoReturn, Optional, Sequence, TextIO
+from urllib.parse import quote
 
 import psutil
+import uvicorn
 
-from fasthtml.common import (A, Body, Div, FastHTML, H1, H2, Li, Link, Main, Meta, P, Script, Span, Strong, Title,
-                             Ul, fast_app, to_xml)
+from fasthtml.common import (Div, FastHTML, H1, H2, Li, Link, Main, Meta, P, Script, Span, Strong, Title, Ul,
+                             fast_app)
 from starlette.responses import FileResponse, Response
 
 from cjm_plugin_system.core.config import CJMConfig, reset_config, set_config
@@ -29,16 +35,18 @@ from cjm_plugin_system.core.queue import JobQueue
 from cjm_workflow_state.state_store import SQLiteWorkflowStateStore
 
 from ..components.modal import get_sse_headers
-from .plugin import ARCHIVE_PLUGIN_NAME, ArchivePlugin, write_plugin_manifest
+from .plugin import (ARCHIVE_PLUGIN_NAME, ArchivePlugin, path_to_job_arg,
+                                                   to_display_text, write_plugin_manifest)
 from ..models import JobMonitorConfig
 from ..routes.init import check_inflight_job, get_workflow_session_id, init_job_monitor_routes
 from ..services.monitor import JobMonitorService
 
 # %% auto #0
-__all__ = ['logger', 'WORKFLOW_ID', 'STEP_ID', 'STATE_KEY', 'RESULTS_KEY', 'CONTENT_ID', 'RESULTS_ID', 'HTMX_VERSION',
-           'DEMO_ASSETS', 'NPM_PACKAGES', 'WORKER_MODULE', 'ORPHAN_STOP_WAIT_S', 'GRACEFUL_SHUTDOWN_S',
-           'default_data_dir', 'default_source', 'render_results', 'create_demo_app', 'find_orphaned_workers',
-           'stop_orphaned_workers', 'parse_args', 'main']
+__all__ = ['logger', 'WORKFLOW_ID', 'STEP_ID', 'STATE_KEY', 'RESULTS_KEY', 'CONTENT_ID', 'RESULTS_ID', 'ARCHIVE_SUFFIX',
+           'DEMO_SESSION_COOKIE', 'HTMX_VERSION', 'DEMO_ASSETS', 'NPM_PACKAGES', 'FAVICON_URL', 'WORKER_MODULE',
+           'ORPHAN_STOP_WAIT_S', 'LOCK_FILE_NAME', 'PROG', 'GRACEFUL_SHUTDOWN_S', 'default_data_dir', 'default_source',
+           'archive_names', 'render_results', 'create_demo_app', 'find_orphaned_workers', 'stop_orphaned_workers',
+           'DataDirInUseError', 'lock_data_dir', 'parse_args', 'main']
 
 # %% ../../nbs/demo/app.ipynb #ad532ba3
 logger = logging.getLogger(__name__)
@@ -47,6 +55,8 @@ WORKFLOW_ID, STEP_ID, STATE_KEY = "archive-demo", "archive", "job_tracker"
 RESULTS_KEY = "last_results"
 CONTENT_ID = "archive-content"
 RESULTS_ID = "archive-results"
+ARCHIVE_SUFFIX = ".tar.xz"  # Suffix that the plugin adds to each archive name
+DEMO_SESSION_COOKIE = "cjm_job_monitor_demo"  # Session cookie name; `main` appends the port
 
 # Front-end files the page loads, pinned to exact versions: name -> (npm package, version, file).
 # By default they come from the jsDelivr CDN. `--assets DIR` serves them from an npm install in DIR
@@ -60,6 +70,12 @@ DEMO_ASSETS = {
 }
 NPM_PACKAGES = sorted({f"{pkg}@{ver}" for pkg, ver, _ in DEMO_ASSETS.values()} | {"htmx-ext-sse@2.2.4"})
 
+# The page's icon, inline: a page without an icon link makes the browser request /favicon.ico, which is a 404 here.
+FAVICON_URL = "data:image/svg+xml," + quote(
+    '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 16 16">'
+    '<rect x="1" y="2" width="14" height="4" rx="1" fill="#605dff"/>'
+    '<rect x="2" y="7" width="12" height="7" rx="1" fill="#605dff" opacity=".7"/></svg>')
+
 # %% ../../nbs/demo/app.ipynb #2e447e6c
 def default_data_dir() -> Path:
     "Return the demo's default data dir, a folder under the system temp dir."
@@ -69,6 +85,21 @@ def default_source() -> Path:
     "Return the Python standard library folder, a source every machine has."
     return Path(sysconfig.get_paths()["stdlib"])
 
+# %% ../../nbs/demo/app.ipynb #4e8a2d61
+def archive_names(
+    sources: Sequence[Path],  # Source folders, in job order
+) -> List[str]:  # Archive file names without ARCHIVE_SUFFIX, one per source, no two alike
+    "Name each source's archive after its folder, adding -2, -3, ... to names already taken."
+    used_names, names = set(), []
+    for source in sources:
+        stem = os.fsencode(Path(source).name).decode("utf-8", "replace").removesuffix(ARCHIVE_SUFFIX) or "archive"
+        name, number = stem, 2
+        while name.casefold() in used_names:
+            name, number = f"{stem}-{number}", number + 1
+        used_names.add(name.casefold())
+        names.append(name)
+    return names
+
 # %% ../../nbs/demo/app.ipynb #9d99f9ee
 def _format_bytes(n: Any) -> str:
     if not isinstance(n, (int, float)): return "n/a"
@@ -77,14 +108,15 @@ def _format_bytes(n: Any) -> str:
         n /= 1024
 
 def render_results(results: Optional[Sequence[dict]]) -> Any:
-    "Render the archives the last completed sequence produced."
+    "Render the archives the last completed sequence produced, each with the folder it was packed from."
     if not results:
         return Div(P("No archive yet. Press Run to pack the sources.", cls="opacity-70"), id=RESULTS_ID)
     items = []
     for r in results:
         if not isinstance(r, dict): continue
-        items.append(Li(Strong(str(r.get("archive", "?"))),
-                        Span(f" {r.get('files', 0)} files, {_format_bytes(r.get('bytes_in'))} in, "
+        source = f" from {to_display_text(str(r['source']))}" if r.get("source") else ""
+        items.append(Li(Strong(to_display_text(str(r.get("archive", "?")))),
+                        Span(f"{source}: {r.get('files', 0)} files, {_format_bytes(r.get('bytes_in'))} in, "
                              f"{_format_bytes(r.get('bytes_out'))} archived"
                              + (f", {r.get('skipped')} skipped" if r.get("skipped") else ""))))
     return Div(H2("Archives", cls="font-semibold"), Ul(*items, cls="list-disc ml-6"), id=RESULTS_ID)
@@ -95,11 +127,13 @@ def create_demo_app(
     sources: Sequence[Path],  # Folders to archive, one job each
     assets_dir: Optional[Path] = None,  # Folder with node_modules/ to serve CDN assets from, or None for the CDN
     progress_poll_interval: float = 0.5,  # Seconds between the queue's progress polls
+    session_cookie: str = DEMO_SESSION_COOKIE,  # Name of the session cookie; each app on a host needs its own
 ) -> FastHTML:  # The app, with startup and shutdown handlers that own the worker
     "Create the demo FastHTML app and its plugin runtime."
     data_dir = Path(data_dir).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     sources = [Path(s).resolve() for s in sources]
+    names = archive_names(sources)
     output_dir = data_dir / "archives"
     output_dir.mkdir(exist_ok=True)
 
@@ -112,7 +146,8 @@ def create_demo_app(
     plugin_name = ARCHIVE_PLUGIN_NAME
 
     def job_args_builder(state_store, workflow_id, session_id):
-        return [((), {"source": str(s), "output_dir": str(output_dir)}) for s in sources]
+        return [((), {"source": path_to_job_arg(source), "output_dir": path_to_job_arg(output_dir), "name": name})
+                for source, name in zip(sources, names)]
 
     async def on_complete(results, request, sess):
         if sess is not None:
@@ -131,13 +166,25 @@ def create_demo_app(
         stop_orphaned_workers(data_dir)
         metas = [m for m in manager.discover_manifests() if m.name == plugin_name]
         if not metas or not manager.load_plugin(metas[0]):
-            raise RuntimeError(f"Loading the demo plugin {plugin_name!r} from {data_dir / 'manifests'} failed.")
+            raise RuntimeError(f"Loading the demo plugin {plugin_name!r} from "
+                               f"{to_display_text(data_dir / 'manifests')} failed.")
         await queue.start()
-        logger.info("Demo ready: archiving %s into %s", ", ".join(map(str, sources)), output_dir)
+        logger.info("Demo ready: archiving %s into %s", ", ".join(map(to_display_text, sources)),
+                    to_display_text(output_dir))
+
+    async def cancel_jobs() -> int:
+        "Cancel every pending and running job; return how many the queue accepted."
+        accepted = 0
+        for job in queue.get_running_jobs() + queue.get_pending():
+            try:
+                if await service.cancel_job(job.id): accepted += 1
+            except Exception as e:  # one job's failure must not keep the others running
+                logger.warning("Cancelling job %s while stopping failed: %s", job.id, e)
+        if accepted: logger.info("Cancelled %d job(s) because the demo is stopping", accepted)
+        return accepted
 
     async def shutdown():
-        for job in queue.get_running_jobs() + queue.get_pending():
-            await queue.cancel(job.id)
+        await cancel_jobs()
         await service.aclose()
         await queue.stop()
         manager.unload_all()
@@ -147,7 +194,7 @@ def create_demo_app(
     files = _check_assets(Path(assets_dir)) if assets_dir is not None else None
     app, rt = fast_app(pico=False, surreal=False, default_hdrs=files is None, hdrs=_asset_headers(files),
                        on_startup=[startup], on_shutdown=[shutdown], key_fname=str(data_dir / ".sesskey"),
-                       title="Job monitor demo", htmlkw={"data-theme": "light"})
+                       session_cookie=session_cookie, title="Job monitor demo", htmlkw={"data-theme": "light"})
     router.to_app(app)
     if files is not None: _mount_assets(app, files)
 
@@ -159,7 +206,8 @@ def create_demo_app(
         step = store.get_step_state(WORKFLOW_ID, session_id, STEP_ID)
         content = Div(
             H2("Sources", cls="font-semibold"),
-            Ul(*[Li(str(s)) for s in sources], cls="list-disc ml-6 mb-4"),
+            Ul(*[Li(to_display_text(source), Span(f" → archives/{name}{ARCHIVE_SUFFIX}", cls="opacity-70"))
+                 for source, name in zip(sources, names)], cls="list-disc ml-6 mb-4"),
             render_results(step.get(RESULTS_KEY)),
             overlay,
             id=CONTENT_ID, cls="relative card bg-base-200 p-6 min-h-48")
@@ -167,7 +215,8 @@ def create_demo_app(
             Div(H1("Archive sources", cls="text-2xl font-bold"), button, cls="flex items-center justify-between mb-4"),
             content, modal, Div(id=ids.callback_slot), cls="max-w-3xl mx-auto p-6")
 
-    app.state.job_monitor = dict(service=service, manager=manager, queue=queue, store=store, urls=urls, ids=ids)
+    app.state.job_monitor = dict(service=service, manager=manager, queue=queue, store=store, urls=urls, ids=ids,
+                                 cancel_jobs=cancel_jobs)
     return app
 
 # %% ../../nbs/demo/app.ipynb #3fb38d71
@@ -198,7 +247,8 @@ def _asset_headers(files: Optional[dict]) -> List[Any]:
         # Local URLs carry no file extension: fast_app's catch-all static route would take them otherwise.
         urls = {name: f"/_assets/{name}" for name in DEMO_ASSETS}
         local = [Meta(charset="utf-8"), Meta(name="viewport", content="width=device-width, initial-scale=1")]
-    css = [Link(rel="stylesheet", href=urls[name]) for name in ("daisyui", "daisyui-themes")]
+    css = [Link(rel="icon", type="image/svg+xml", href=FAVICON_URL)]
+    css += [Link(rel="stylesheet", href=urls[name]) for name in ("daisyui", "daisyui-themes")]
     scripts = [Script(src=urls["tailwind"])]
     if files is not None: scripts.insert(0, Script(src=urls["htmx"]))
     sse = get_sse_headers(sse_ext_file=files["htmx-ext-sse"]) if files is not None else get_sse_headers()
@@ -256,17 +306,78 @@ def stop_orphaned_workers(
     psutil.wait_procs(alive, timeout=ORPHAN_STOP_WAIT_S)
     return [proc.pid for proc in orphans]
 
+# %% ../../nbs/demo/app.ipynb #3a8e5d20
+LOCK_FILE_NAME = "demo.lock"  # File in the data dir that a running demo holds an exclusive lock on
+
+class DataDirInUseError(RuntimeError):
+    "Another process holds the lock on the data dir."
+
+def lock_data_dir(
+    data_dir: Path,  # The demo's data dir; it must exist
+) -> TextIO:  # The open lock file: the lock lasts until it is closed or the process ends
+    "Take an exclusive lock on `data_dir`, or raise `DataDirInUseError` when another process holds it."
+    path = Path(data_dir) / LOCK_FILE_NAME
+    lock_file = os.fdopen(os.open(path, os.O_RDWR | os.O_CREAT, 0o644), "r+")
+    try:
+        fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = lock_file.read().strip()
+        lock_file.close()
+        by = f"another demo (PID {holder})" if holder.isdigit() else "another demo"
+        raise DataDirInUseError(f"{to_display_text(data_dir)} is in use by {by}") from None
+    except OSError:
+        lock_file.close()
+        raise
+    lock_file.truncate()
+    lock_file.write(f"{os.getpid()}\n")
+    lock_file.flush()
+    return lock_file
+
 # %% ../../nbs/demo/app.ipynb #e4db05ac
-GRACEFUL_SHUTDOWN_S = 5  # Seconds uvicorn waits for open responses, such as event streams, when stopping
+PROG = "python -m cjm_fasthtml_job_monitor.demo"  # Program name in usage and error messages
+
+def _port_number(text: str) -> int:
+    "Parse a TCP port number for argparse."
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid port {text!r}: expected a number from 1 to 65535") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"invalid port {port}: expected a number from 1 to 65535")
+    return port
+
+def _data_dir_problem(path: Path) -> Optional[str]:
+    "Create `path` when it is missing and check that files can be written in it; return the problem or None."
+    if path.exists() and not path.is_dir(): return "is not a folder"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        return f"cannot be created: {e.strerror or e}"
+    try:
+        with tempfile.TemporaryFile(dir=path): pass
+    except OSError as e:
+        return f"is not writable: {e.strerror or e}"
+    return None
+
+def _source_problem(path: Path) -> Optional[str]:
+    "Check that `path` is a folder whose entries can be listed; return the problem or None."
+    if not path.exists(): return "not found"
+    if not path.is_dir(): return "is not a folder"
+    try:
+        with os.scandir(path) as entries: next(entries, None)
+    except OSError as e:
+        return f"is not readable: {e.strerror or e}"
+    return None
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    "Parse the demo's command-line arguments."
-    parser = argparse.ArgumentParser(prog="python -m cjm_fasthtml_job_monitor.demo",
+    "Parse and check the demo's command-line arguments; create the data dir when it is missing."
+    parser = argparse.ArgumentParser(prog=PROG,
                                      description="Archive folders with a plugin worker and watch the job in a browser.")
     parser.add_argument("--host", default="127.0.0.1", help="Address to listen on (default: 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=5001, help="Port to listen on (default: 5001)")
+    parser.add_argument("--port", type=_port_number, default=5001, help="TCP port to listen on, 1-65535 (default: 5001)")
     parser.add_argument("--data-dir", type=Path, default=default_data_dir(),
-                        help=f"Folder for the plugin system's stores and the archives (default: {default_data_dir()})")
+                        help="Folder for the plugin system's stores and the archives, one per running demo "
+                             f"(default: {default_data_dir()})")
     parser.add_argument("--source", type=Path, action="append", default=None,
                         help="Folder to archive; repeat for a sequence of jobs (default: the Python standard library)")
     parser.add_argument("--assets", type=Path, default=None,
@@ -275,19 +386,121 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     args.source = args.source or [default_source()]
     for source in args.source:
-        if not source.is_dir(): parser.error(f"--source {source}: not a folder")
-    if not (0 < args.port < 65536): parser.error(f"--port {args.port}: must be between 1 and 65535")
+        problem = _source_problem(source)
+        if problem: parser.error(f"--source {to_display_text(source)}: {problem}")
+    if args.assets is not None and not args.assets.is_dir():
+        parser.error(f"--assets {to_display_text(args.assets)}: is not a folder")
+    problem = _data_dir_problem(args.data_dir)
+    if problem: parser.error(f"--data-dir {to_display_text(args.data_dir)}: {problem}")
     return args
 
+# %% ../../nbs/demo/app.ipynb #7d3f0b58
+GRACEFUL_SHUTDOWN_S = 5  # Seconds uvicorn waits for open responses, such as event streams, when stopping
+
+def _exit_with_error(message: str) -> NoReturn:
+    "Print `message` as the demo's error line and exit with status 1."
+    raise SystemExit(f"{PROG}: error: {message}")
+
+def _listen(host: str, port: int) -> socket.socket:
+    "Bind and listen on `host`:`port`, or exit with one line that names the problem."
+    # The socket options are uvicorn's: with SO_REUSEADDR the connections of an earlier run that linger in
+    # TIME_WAIT do not block the port, but a socket that listens on it does.
+    listener = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind((host, port))
+        listener.listen(2048)
+    except socket.gaierror as e:
+        listener.close()
+        _exit_with_error(f"--host {to_display_text(host)}: cannot be resolved: {e.strerror}")
+    except OSError as e:
+        listener.close()
+        if e.errno == errno.EADDRINUSE:
+            _exit_with_error(f"port {port} on {host} is already in use. Stop the program that uses it, "
+                             "or pass another --port.")
+        if e.errno == errno.EACCES:
+            _exit_with_error(f"port {port} on {host}: permission denied (ports below 1024 need privileges). "
+                             "Pass another --port.")
+        if e.errno == errno.EADDRNOTAVAIL:
+            _exit_with_error(f"--host {host}: not an address of this machine.")
+        _exit_with_error(f"listening on port {port} of {host} failed: {e.strerror or e}")
+    return listener
+
+class _DemoServer(uvicorn.Server):
+    "A uvicorn server that cancels the demo's jobs at the first stop signal and only logs the ones after it."
+    def __init__(self, config: uvicorn.Config, on_stop: Callable[[], Awaitable[Any]]):
+        super().__init__(config)
+        self._on_stop = on_stop
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self._stop_task: Optional[asyncio.Task] = None
+
+    async def serve(self, sockets: Optional[List[socket.socket]] = None) -> None:
+        self._loop = asyncio.get_running_loop()
+        await super().serve(sockets)
+
+    # NOTE: replaces uvicorn.Server.handle_exit (uvicorn 0.55), the handler uvicorn installs for SIGINT and
+    # SIGTERM while it serves. The original one sets force_exit on a second SIGINT and raises the signal again
+    # after serving, neither of which happens here.
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        name = signal.Signals(sig).name
+        if self.should_exit:
+            logger.warning("Already stopping (%s again): waiting at most %d s for open pages, then stopping "
+                           "the worker", name, GRACEFUL_SHUTDOWN_S)
+            return
+        logger.info("Stopping (%s): cancelling the jobs, then stopping the worker", name)
+        self.should_exit = True
+        if self._loop is not None: self._loop.call_soon_threadsafe(self._start_stop_task)
+
+    def _start_stop_task(self) -> None:
+        self._stop_task = self._loop.create_task(self._on_stop(), name="demo-cancel-jobs")
+
+def _log_ignored_signal(sig: int, frame: Any) -> None:
+    logger.warning("Already stopping (%s): the worker is being stopped", signal.Signals(sig).name)
+
+def _stop_workers(app: FastHTML) -> None:
+    "Unload the workers that the app's shutdown handler did not, e.g. after a failed startup."
+    manager = app.state.job_monitor["manager"]
+    left = manager.list_instances()
+    if left:
+        logger.warning("Stopping %d plugin worker(s) that the shutdown handler did not stop", len(left))
+        manager.unload_all()
+    reset_config()
+
+# %% ../../nbs/demo/app.ipynb #8e1b4d72
 def main(argv: Optional[Sequence[str]] = None) -> None:
-    "Run the demo server until Ctrl-C."
-    import uvicorn
+    "Run the demo server until Ctrl-C or SIGTERM, then cancel the jobs and stop the worker."
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per worker poll otherwise
-    app = create_demo_app(args.data_dir, args.source, assets_dir=args.assets)
-    print(f"Job monitor demo on http://{args.host}:{args.port}/ (data dir {args.data_dir}); Ctrl-C stops it.", flush=True)
-    # An open job monitor page keeps an event stream open, and uvicorn waits for open responses before it runs the
-    # shutdown handlers, so without a timeout Ctrl-C or SIGTERM would wait as long as a page stays open.
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning",
-                timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)
+    data_dir = to_display_text(args.data_dir)
+    try:
+        lock = lock_data_dir(args.data_dir)
+    except DataDirInUseError as e:
+        _exit_with_error(f"--data-dir {e}. Stop that demo, or pass another --data-dir.")
+    except OSError as e:
+        _exit_with_error(f"--data-dir {data_dir}: locking {LOCK_FILE_NAME} failed: {e.strerror or e}")
+    try:
+        listener = _listen(args.host, args.port)
+        app = create_demo_app(args.data_dir, args.source, assets_dir=args.assets,
+                              session_cookie=f"{DEMO_SESSION_COOKIE}_{args.port}")
+        host = f"[{args.host}]" if ":" in args.host else args.host
+        banner = f"Job monitor demo on http://{host}:{args.port}/ (data dir {data_dir}); Ctrl-C stops it."
+        app.on_event("startup")(lambda: print(banner, flush=True))
+        _serve(app, listener)
+    except KeyboardInterrupt:  # Ctrl-C before the server started: no worker runs yet
+        raise SystemExit(130) from None
+    finally:
+        lock.close()
+
+def _serve(app: FastHTML, listener: socket.socket) -> None:
+    "Serve `app` on `listener` until a stop signal, then make sure no worker is left."
+    config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)
+    server = _DemoServer(config, on_stop=app.state.job_monitor["cancel_jobs"])
+    # uvicorn puts these handlers back when it stops serving, so a signal during the cleanup below is only logged.
+    previous = {sig: signal.signal(sig, _log_ignored_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        server.run(sockets=[listener])
+    finally:
+        _stop_workers(app)
+        listener.close()
+        for sig, handler in previous.items(): signal.signal(sig, handler)

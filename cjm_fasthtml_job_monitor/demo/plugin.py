@@ -7,6 +7,8 @@ Docs: https://cj-mills.github.io/cjm-fasthtml-job-monitor/demo/plugin.html.md"""
 # %% ../../nbs/demo/plugin.ipynb #ce380aa2
 from __future__ import annotations
 
+import base64
+import binascii
 import fnmatch
 import importlib
 import json
@@ -35,8 +37,9 @@ from cjm_plugin_system.core.manifest_format import (
 from .. import __version__
 
 # %% auto #0
-__all__ = ['logger', 'ARCHIVE_PLUGIN_NAME', 'DEFAULT_XZ_PRESET', 'DEFAULT_EXCLUDE', 'READ_CHUNK_BYTES', 'SourceEntry',
-           'ArchivePlugin', 'write_plugin_manifest']
+__all__ = ['logger', 'ARCHIVE_PLUGIN_NAME', 'DEFAULT_XZ_PRESET', 'DEFAULT_EXCLUDE', 'READ_CHUNK_BYTES', 'PATH_BYTES_KEY',
+           'to_display_text', 'path_to_job_arg', 'path_from_job_arg', 'SourceEntry', 'ArchivePlugin',
+           'write_plugin_manifest']
 
 # %% ../../nbs/demo/plugin.ipynb #b2853452
 logger = logging.getLogger(__name__)
@@ -46,6 +49,61 @@ ARCHIVE_PLUGIN_NAME = "cjm-archive-demo"  # Plugin name used in the manifest and
 DEFAULT_XZ_PRESET = 3  # xz compression preset, 0 (fastest) to 9 (smallest)
 DEFAULT_EXCLUDE = ("__pycache__",)  # Glob patterns for file and folder names to leave out
 READ_CHUNK_BYTES = 256 * 1024  # Bytes read per step: progress and cancel are checked per chunk
+
+# %% ../../nbs/demo/plugin.ipynb #5d2c8a41
+PATH_BYTES_KEY = "path_base64"  # Job argument key of a path sent as the base64 of its bytes
+
+def to_display_text(
+    value: str | bytes | os.PathLike,  # Text or path, possibly with surrogates from undecodable bytes
+) -> str:  # Text that encodes to UTF-8, with each undecodable byte as a \xNN escape
+    "Convert `value` to text that UTF-8 encoders accept, escaping the bytes that are not valid UTF-8."
+    text = os.fspath(value)
+    if isinstance(text, bytes): return text.decode("utf-8", "backslashreplace")
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate that no undecodable byte maps to, such as "\ud800" from JSON
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return raw.decode("utf-8", "backslashreplace")
+
+def path_to_job_arg(
+    path: str | os.PathLike,  # Path to send to the worker
+) -> str | Dict[str, str]:  # The path itself, or {PATH_BYTES_KEY: base64 of its bytes} when it is not valid UTF-8
+    "Convert `path` to a job argument that JSON carries without loss."
+    text = os.fspath(path)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return {PATH_BYTES_KEY: base64.b64encode(os.fsencode(text)).decode("ascii")}
+    return text
+
+def path_from_job_arg(
+    value: Any,  # A path, or the mapping that `path_to_job_arg` returns
+    field: str,  # Name of the argument, for the error message
+) -> Path:  # The path, not yet resolved
+    "Convert a job argument back to a `Path`; raise `PluginInputError` when it names no path."
+    if isinstance(value, dict) and list(value) == [PATH_BYTES_KEY] and isinstance(value[PATH_BYTES_KEY], str):
+        try:
+            raw = base64.b64decode(value[PATH_BYTES_KEY], validate=True)
+        except binascii.Error:
+            raw = b""
+        if raw.strip(): return Path(os.fsdecode(raw))
+    elif isinstance(value, (str, os.PathLike)) and str(value).strip():
+        return Path(value)
+    raise PluginInputError(f"Invalid {field} {to_display_text(repr(value))}: expected a folder path, as a str "
+                           f"or as {{{PATH_BYTES_KEY!r}: <base64 of its bytes>}}.", fields_invalid=[field])
+
+class _DisplayTextFilter(logging.Filter):
+    "Rewrite a record whose message is not valid UTF-8 as display text, so the worker's log store accepts it."
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except (TypeError, ValueError, KeyError):  # a broken format string: the handler reports it
+            return True
+        safe = to_display_text(message)
+        if safe != message: record.msg, record.args = safe, None
+        return True
+
+logger.addFilter(_DisplayTextFilter())
 
 # %% ../../nbs/demo/plugin.ipynb #f3c56fbd
 @dataclass
@@ -120,15 +178,12 @@ def _archive_stem(
 # %% ../../nbs/demo/plugin.ipynb #7b1bf7f9
 def _check_source(source: Any) -> Path:
     "Resolve `source` to an existing folder, or raise `PluginInputError`."
-    if not isinstance(source, (str, os.PathLike)) or not str(source).strip():
-        raise PluginInputError(f"Invalid source {source!r}: pass the path of a folder to archive.",
-                               fields_invalid=["source"])
-    root = Path(source).expanduser().resolve()
+    root = path_from_job_arg(source, "source").expanduser().resolve()
     if not root.exists():
-        raise PluginInputError(f"Source folder not found: {root}. Pass an existing folder.",
+        raise PluginInputError(f"Source folder not found: {to_display_text(root)}. Pass an existing folder.",
                                fields_invalid=["source"])
     if not root.is_dir():
-        raise PluginInputError(f"Source is not a folder: {root}. Pass a folder, not a file.",
+        raise PluginInputError(f"Source is not a folder: {to_display_text(root)}. Pass a folder, not a file.",
                                fields_invalid=["source"])
     return root
 
@@ -183,22 +238,22 @@ class ArchivePlugin(ToolCapability):
 @patch
 def execute(
     self: ArchivePlugin,
-    source: str,  # Folder to archive
-    output_dir: str,  # Folder that receives the archive; created if missing
+    source: str | Dict[str, str],  # Folder to archive, as a path or in `path_to_job_arg`'s form
+    output_dir: str | Dict[str, str],  # Folder that receives the archive, created if missing; a path or as above
     name: Optional[str] = None,  # Archive file name without ".tar.xz"; defaults to the source folder's name
-) -> Dict[str, Any]:  # {"archive", "bytes_in", "bytes_out", "files", "skipped"}
+) -> Dict[str, Any]:  # {"archive", "source", "bytes_in", "bytes_out", "files", "skipped"}; paths as display text
     "Pack `source` into `<output_dir>/<name>.tar.xz` and return what was written."
     root = _check_source(source)
-    out_dir = Path(output_dir).expanduser().resolve()
+    out_dir = path_from_job_arg(output_dir, "output_dir").expanduser().resolve()
     archive = out_dir / f"{_archive_stem(name, root)}.tar.xz"
     partial = archive.with_name(archive.name + ".partial")
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    self.report_progress(-1.0, f"Scanning {root}")
+    self.report_progress(-1.0, f"Scanning {to_display_text(root)}")
     entries, scan_errors = _scan_source(root, self.exclude, frozenset({archive, partial}), self.check_cancel)
     for arcname, reason in scan_errors: logger.warning("Skipped unreadable folder %s: %s", arcname, reason)
     logger.info("Found %d entries (%s bytes) in %s", len(entries), f"{sum(e.size for e in entries):,}", root)
-    print(f"Packing {root} into {archive} (xz preset {self.preset})", flush=True)
+    print(f"Packing {to_display_text(root)} into {to_display_text(archive)} (xz preset {self.preset})", flush=True)
 
     started = time.monotonic()
     try:
@@ -214,11 +269,11 @@ def execute(
 
     skipped = stats["skipped"] + len(scan_errors)
     bytes_out = archive.stat().st_size
-    self.report_progress(1.0, f"Packed {stats['files']:,} files into {archive.name}")
-    print(f"Packed {stats['files']:,} files ({stats['bytes_in']:,} bytes) into {archive} "
+    self.report_progress(1.0, f"Packed {stats['files']:,} files into {to_display_text(archive.name)}")
+    print(f"Packed {stats['files']:,} files ({stats['bytes_in']:,} bytes) into {to_display_text(archive)} "
           f"({bytes_out:,} bytes, {skipped} skipped) in {time.monotonic() - started:.1f} s", flush=True)
-    return {"archive": str(archive), "bytes_in": stats["bytes_in"], "bytes_out": bytes_out,
-            "files": stats["files"], "skipped": skipped}
+    return {"archive": to_display_text(archive), "source": to_display_text(root), "bytes_in": stats["bytes_in"],
+            "bytes_out": bytes_out, "files": stats["files"], "skipped": skipped}
 
 # %% ../../nbs/demo/plugin.ipynb #fb90a930
 @patch
@@ -251,7 +306,7 @@ def _pack(
                 continue
 
             index += 1
-            stage = f"Compressing {index:,} of {n_files:,} files: {entry.arcname}"
+            stage = f"Compressing {index:,} of {n_files:,} files: {to_display_text(entry.arcname)}"
             self.report_progress(min(done_bytes / total_bytes, 1.0) if total_bytes else index / n_files, stage)
             if entry.kind == "symlink":
                 tar.add(entry.path, arcname=entry.arcname, recursive=False)

@@ -54,13 +54,13 @@ def _silence_access_log() -> None:
     access.propagate = False
 
 
-def reuse_worker_http_clients() -> None:
+def reuse_worker_http_clients(stats_only: bool = False) -> None:
     """Patch cjm-plugin-system's worker proxy in this process to keep one HTTP client per proxy.
 
     This is an experiment for a proposed upstream fix, not a part of the library. In cjm-plugin-system
     0.0.46, `RemotePluginProxy.get_progress_async` builds a new `httpx.AsyncClient`, and with it an SSL
     context, for every progress poll. `get_stats` builds a new `httpx.Client` for every resource sample.
-    Both run synchronously in the event loop.
+    Both run synchronously in the event loop. With `stats_only`, only `get_stats` is patched.
     """
     def progress_or_default(response: httpx.Response) -> Dict[str, Any]:
         return response.json() if response.status_code == 200 else {"progress": 0.0, "message": ""}
@@ -78,8 +78,8 @@ def reuse_worker_http_clients() -> None:
         if client is None: client = self._bench_client = httpx.Client()
         return client.get(f"{self.base_url}/stats").json()
 
-    RemotePluginProxy.get_progress_async = get_progress_async
     RemotePluginProxy.get_stats = get_stats
+    if not stats_only: RemotePluginProxy.get_progress_async = get_progress_async
 
 
 def _render_baseline(service: JobMonitorService, config: JobMonitorConfig, ids: Any, log_url: str,
@@ -92,7 +92,9 @@ def _render_baseline(service: JobMonitorService, config: JobMonitorConfig, ids: 
         ids, view.status, -1.0 if view.progress is None else view.progress, view.message, view.started_at,
         view.completed_at, error_message=view.error.message if view.error else None, now=time.time())
     logs_tab = render_logs_tab(ids, logs, log_url=log_url, dom_limit=config.log_dom_limit)
-    return to_xml(Div(progress, id=ids.tab_progress)) + to_xml(Div(logs_tab, id=ids.tab_logs, hx_swap_oob="true"))
+    # Serialised without indentation, as the monitor's routes serialise what they stream.
+    return (to_xml(Div(progress, id=ids.tab_progress), indent=False)
+            + to_xml(Div(logs_tab, id=ids.tab_logs, hx_swap_oob="true"), indent=False))
 
 
 def create_bench_app(
@@ -101,9 +103,11 @@ def create_bench_app(
     progress_poll_interval: float = 0.1,  # Seconds between the queue's progress polls
     monitor_config: Optional[Dict[str, Any]] = None,  # `JobMonitorConfig` fields that differ from the defaults
     reuse_http_clients: bool = False,  # Apply `reuse_worker_http_clients` in this process
+    reuse_stats_client: bool = False,  # Apply `reuse_worker_http_clients(stats_only=True)`; ignored with reuse_http_clients
 ) -> FastHTML:  # The app; its startup handler loads the plugin and starts the queue
     "Create the benchmark app over a real worker of `SteadyJobPlugin`."
     if reuse_http_clients: reuse_worker_http_clients()
+    elif reuse_stats_client: reuse_worker_http_clients(stats_only=True)
     data_dir_path = Path(data_dir).resolve()
     data_dir_path.mkdir(parents=True, exist_ok=True)
     set_config(CJMConfig(data_dir=data_dir_path))

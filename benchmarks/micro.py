@@ -1,10 +1,14 @@
 """In-process timings: rendering an update and the modal, and one log-tail read with a small and a huge log.
 
-Rendering uses the library's public components the way the SSE routes use them:
-one update is the progress tab as an out-of-band swap, two new log lines as an
-out-of-band append, framed as one SSE message. The log-tail timings use a real
-worker, queue and `JobMonitorService`, with records inserted straight into the
-plugin system's diagnostics store (SQLite) for two jobs that run at once.
+Rendering uses the library's components the way the SSE routes use them
+(`routes/init.py`, `_SequenceRunner.render_*` and `update_since`). While the
+status stays the same, an update carries only the changed parts of the
+progress tab; the largest such update of the logging job is its bar, message
+and estimate as out-of-band swaps plus two new log lines as an out-of-band
+append, framed as one SSE message. A status change sends the whole progress
+tab. The log-tail timings use a real worker, queue and `JobMonitorService`,
+with records inserted straight into the plugin system's diagnostics store
+(SQLite) for two jobs that run at once.
 """
 from __future__ import annotations
 
@@ -24,8 +28,10 @@ from cjm_plugin_system.core.diagnostics_store import DiagnosticRecord
 
 from cjm_fasthtml_job_monitor.components.modal import render_job_modal
 from cjm_fasthtml_job_monitor.components.tabs.logs_tab import render_log_line, render_logs_tab
-from cjm_fasthtml_job_monitor.components.tabs.progress_tab import render_progress_tab
-from cjm_fasthtml_job_monitor.components.tabs.resources_tab import render_resources_tab
+from cjm_fasthtml_job_monitor.components.tabs.progress_tab import (
+    _PROGRESS_PARTS, _progress_state, _render_progress_part, render_progress_tab,
+)
+from cjm_fasthtml_job_monitor.components.tabs.resources_tab import _render_stat_update, render_resources_tab
 from cjm_fasthtml_job_monitor.html_ids import JobMonitorHtmlIds
 from cjm_fasthtml_job_monitor.models import JobMonitorConfig, JobMonitorUrls, LogLine, ResourceSnapshot
 from cjm_fasthtml_job_monitor.routes.init import format_sse
@@ -69,21 +75,41 @@ def render_timings(repeat: int) -> Dict[str, Dict[str, float]]:
         return LogLine(seq=seq, ts=started + seq * 0.2, level="INFO", source="log", logger="jm_bench_steady",
                        message=f"line {seq}: processed item {seq} of the batch ({seq * 0.2:.1f} s into the job)")
 
+    def compact(element: Any) -> str:
+        return to_xml(element, indent=False)  # as the routes serialise what they stream
+
     def progress_fragment(i: int) -> str:
         tab = render_progress_tab(ids, "running", (i % 1000) / 1000, f"tick {i} sent {time.time():.6f}", started,
-                                  None, now=time.time(), eta_s=30.0)
-        return to_xml(Div(tab, id=ids.tab_progress, hx_swap_oob="true"))
+                                  None, now=time.time(), eta_s=30.0 + i % 60)
+        return compact(Div(tab, id=ids.tab_progress, hx_swap_oob="true"))
+
+    def progress_parts(i: int) -> str:
+        state = _progress_state("running", (i % 1000) / 1000, f"tick {i} sent {time.time():.6f}",
+                                eta_s=30.0 + i % 60)
+        parts = []
+        for name in _PROGRESS_PARTS:
+            part = _render_progress_part(ids, state, name)
+            part.attrs["hx-swap-oob"] = "true"
+            parts.append(compact(part))
+        return "".join(parts)
 
     def log_append(i: int) -> str:
-        rendered = "".join(to_xml(render_log_line(line(2 * i + k))) for k in (1, 2))
+        rendered = "".join(compact(render_log_line(line(2 * i + k))) for k in (1, 2))
         return f'<div hx-swap-oob="beforeend:#{ids.log_lines}">{rendered}</div>'
 
-    def update(i: int) -> str:
-        return format_sse(f"<div>{progress_fragment(i)}{log_append(i)}</div>", event_id=f"bench:{2 * i + 2}")
+    def update(i: int) -> bytes:
+        return format_sse(f"<div>{progress_parts(i)}{log_append(i)}</div>", event_id=f"bench:{2 * i + 2}").encode()
+
+    def status_update(i: int) -> bytes:
+        return format_sse(f"<div>{progress_fragment(i)}</div>", event_id=f"bench:{2 * i + 2}").encode()
 
     def resources_fragment(i: int) -> str:
-        tab = render_resources_tab(history[-1], history=history)
-        return to_xml(Div(tab, id=ids.tab_resources, hx_swap_oob="true"))
+        tab = render_resources_tab(history[-1], history=history, ids=ids)
+        return compact(Div(tab, id=ids.tab_resources, hx_swap_oob="true"))
+
+    def resources_update(i: int) -> str:
+        return "".join(compact(part) for name in ("cpu", "ram")
+                       for part in _render_stat_update(ids, history[-1], history, name))
 
     def modal(i: int) -> str:
         return to_xml(render_job_modal(
@@ -99,17 +125,16 @@ def render_timings(repeat: int) -> Dict[str, Dict[str, float]]:
         logs = render_logs_tab(ids, tail_text, log_url="/jobs/log?job_id=x", dom_limit=config.log_dom_limit)
         return to_xml(Div(tab, id=ids.tab_progress)) + to_xml(Div(logs, id=ids.tab_logs, hx_swap_oob="true"))
 
-    timings = {
-        "update": time_calls(update, repeat),
-        "progress_fragment": time_calls(progress_fragment, repeat),
-        "log_line": time_calls(lambda i: to_xml(render_log_line(line(i))), repeat),
-        "resources_fragment": time_calls(resources_fragment, max(50, repeat // 5)),
-        "modal": time_calls(modal, max(50, repeat // 5)),
-        "baseline_response": time_calls(baseline_response, max(50, repeat // 5)),
-    }
-    sizes = {"update": update(1), "progress_fragment": progress_fragment(1), "log_line": to_xml(render_log_line(line(1))),
-             "resources_fragment": resources_fragment(1), "modal": modal(1), "baseline_response": baseline_response(1)}
-    for name, html in sizes.items(): timings[name]["bytes"] = len(html.encode())
+    calls = {"update": (update, repeat), "status_update": (status_update, repeat),
+             "progress_parts": (progress_parts, repeat), "log_line": (lambda i: compact(render_log_line(line(i))), repeat),
+             "resources_update": (resources_update, max(50, repeat // 5)),
+             "resources_fragment": (resources_fragment, max(50, repeat // 5)),
+             "modal": (modal, max(50, repeat // 5)), "baseline_response": (baseline_response, max(50, repeat // 5))}
+    timings = {}
+    for name, (function, count) in calls.items():
+        timings[name] = time_calls(function, count)
+        output = function(1)
+        timings[name]["bytes"] = len(output if isinstance(output, bytes) else output.encode())
     return timings
 
 

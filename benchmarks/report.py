@@ -75,7 +75,7 @@ def queue_floor(results: Dict[str, Any], reused: bool = False) -> Optional[float
 def net_cpu(results: Dict[str, Any], name: str) -> Optional[float]:
     "Return a scenario's app CPU seconds per second above the queue-only floor of the same plugin-system setup."
     scenario = _scenario(results, name)
-    if scenario is None: return None
+    if scenario is None or scenario.get("reuse_stats_client"): return None  # no floor was measured for that setup
     floor = queue_floor(results, bool(scenario.get("reuse_http_clients")))
     return None if floor is None else scenario["app_cpu_s_per_s"] - floor
 
@@ -323,10 +323,13 @@ benchmark plugin (`benchmarks/plugin.py`) in a real cjm-plugin-system worker and
   the end of the run; the floor is their mean.
 - **…-idle**: the same with a job that logs a burst of lines at its start and nothing after, so the log is idle
   while the figures are taken.
-- **monitor-10-fast**: the monitor with `sse_interval_s=0.1`, to show what the push interval trades.
-  **monitor-10-20ms-reused-clients** sets it to 0.02 s, close to no wait at all, to show the latency of the
-  rest of the path. (`sse_interval_s` also sets how often the monitor reads the log, so that run reads it 50
-  times a second.)
+- **monitor-10-fast**: the monitor with `sse_interval_s=0.1`, so it reads the job's log ten times a second
+  instead of twice. Progress goes out at once whatever the setting; the interval sets how often new log lines
+  are read and sent.
+- **monitor-10-stats-client-reused**: the stock app with only `RemotePluginProxy.get_stats` patched to reuse
+  one client (see below). The queue calls it synchronously right after every fourth progress event, so this
+  run shows how much of the stock latency that call adds. No floor was measured for this setup, so its CPU is
+  not compared.
 - **…-reused-clients**: the same scenarios with one change outside this library. The app process patches
   cjm-plugin-system's `RemotePluginProxy` so that its progress and stats requests to the worker reuse one HTTP
   client, instead of building a new one, with a new SSL context, in the event loop on every poll
@@ -352,10 +355,13 @@ sends, including HTTP headers and chunk framing, and stamp each receipt with `ti
   that tick or a newer one. It also counts ticks that the stream skipped because a newer one replaced them before
   the next push. The target is judged on delivered latency. *Queue pickup* is how long the queue took to hold a
   report after the plugin sent it, which is bounded by its poll interval and is not part of the monitor's latency.
-- **Render times** are in-process, `time.perf_counter()` around each call (`benchmarks/micro.py`). One update
-  payload is what one push of the logging job carries: the progress tab as an out-of-band swap, two new log lines
-  as an out-of-band append, framed by `format_sse`. The full modal is `render_job_modal` with a resource snapshot
-  and 30 s of history, serialised with `to_xml`.
+- **Render times** are in-process, `time.perf_counter()` around each call (`benchmarks/micro.py`). While the
+  status stays the same, the monitor sends only the changed parts of the progress tab. One update payload is
+  the largest such push of the logging job: the bar, the message and the estimate as out-of-band swaps, and
+  two new log lines as an out-of-band append, framed by `format_sse` and encoded. A status change sends the
+  whole progress tab, timed as well. The full modal is `render_job_modal` with a resource snapshot and 30 s of
+  history, serialised with `to_xml`. The monitor's streams and the baseline's responses are serialised
+  without indentation.
 - **Log-tail cost** runs two jobs at once, one per log size, and fills the diagnostics store with their records
   (inserted straight into its SQLite table, then checkpointed). It times `JobMonitorService.read_job_log` with a
   cursor at the tail of each job: once with nothing new, and once after one record was added, so the read returns
@@ -423,9 +429,11 @@ def _md_latency(results: Dict[str, Any]) -> str:
 
 def _md_render(results: Dict[str, Any]) -> str:
     render = results.get("render") or {}
-    labels = {"update": "one update payload (progress tab + 2 log lines, SSE-framed)",
-              "progress_fragment": "progress tab as an out-of-band swap", "log_line": "one log line",
-              "resources_fragment": "resources tab with 30 s of history, as an out-of-band swap (sent every 2 s)",
+    labels = {"update": "one update payload (bar, message and estimate + 2 log lines, SSE-framed)",
+              "status_update": "a status change (the whole progress tab, SSE-framed)",
+              "progress_parts": "bar, message and estimate as out-of-band swaps", "log_line": "one log line",
+              "resources_update": "CPU and RAM rows with 30 s of history, as out-of-band swaps (sent every 2 s)",
+              "resources_fragment": "the whole resources tab with 30 s of history (sent on connect)",
               "modal": "full modal", "baseline_response": "one baseline poll response (progress + 50-line logs tab)"}
     rows = [[labels.get(name, name), _ms(t.get("p50"), 3), _ms(t.get("p95"), 3), t.get("count"),
              f"{t['bytes']:,}" if "bytes" in t else ""] for name, t in render.items()]

@@ -47,6 +47,7 @@ class Scenario:
     log_burst: int = 0  # Lines the job logs at once when it starts
     monitor_config: Dict[str, Any] = field(default_factory=dict)  # JobMonitorConfig fields that differ from the defaults
     reuse_http_clients: bool = False  # Patch the plugin system's proxy to reuse its HTTP clients (see benchmarks/app.py)
+    reuse_stats_client: bool = False  # Patch only the proxy's get_stats to reuse its client, for the latency it adds
     profile: bool = False  # Record the app with py-spy over the window; its CPU figures then include py-spy's pauses
 
 
@@ -259,7 +260,8 @@ def run_scenario(scenario: Scenario, settings: Settings) -> Dict[str, Any]:
     job = {"duration_s": settings.duration_s, "progress_interval_s": settings.progress_interval_s,
            "log_interval_s": scenario.log_interval_s, "log_burst": scenario.log_burst}
     kwargs = {"data_dir": str(data_dir), "job": job, "progress_poll_interval": settings.progress_poll_interval_s,
-              "monitor_config": scenario.monitor_config, "reuse_http_clients": scenario.reuse_http_clients}
+              "monitor_config": scenario.monitor_config, "reuse_http_clients": scenario.reuse_http_clients,
+              "reuse_stats_client": scenario.reuse_stats_client}
     server = ServerProcess(APP_FACTORY, kwargs=kwargs, log_path=data_dir / "server.log", ready_path="/bench/ready")
     server.start()
     try:

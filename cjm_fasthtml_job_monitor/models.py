@@ -98,7 +98,7 @@ class JobMonitorConfig:
     trigger_label: str = "Run"  # Trigger button label
     trigger_icon: Optional[str] = None  # Lucide icon name for trigger button
     progress_label: str = "View Progress"  # Progress button label (when modal closed)
-    sse_interval_s: float = 0.5  # Minimum seconds between two pushes of the same stream
+    sse_interval_s: float = 0.5  # Seconds between two reads of the job's log; progress is pushed at once
     log_lines: int = 50  # Log lines sent to a viewer when it connects
     overlay_z_index: int = 10  # Overlay z-index
     log_dom_limit: int = 1000  # Most log lines the browser keeps; older ones are dropped

@@ -59,7 +59,8 @@ def client(harness: AppHarness):
         yield client
 
 
-LINE_TEXT_RE = re.compile(r'data-seq="\d+"[^>]*>.*?<span class="[^"]*whitespace-pre-wrap[^"]*">([^<]*)</span>', re.S)
+# A line is <div class="jm-line" data-seq=...><time>..</time><span class="badge ..">LEVEL</span><span>text</span></div>
+LINE_TEXT_RE = re.compile(r'data-seq="\d+"[^>]*>.*?</span><span>([^<]*)</span></div>', re.S)
 
 
 def shown_lines(events: List[SSEEvent]) -> List[str]:

@@ -253,11 +253,15 @@ def test_odd_progress_through_worker(harness: AppHarness, client: SessionClient,
     with client.stream(job_id) as stream:
         events = read_until_done(stream)
 
-    seen = {}
+    # While the status stays the same the stream swaps the bar and the message on their own, and only what
+    # changed: replay the events in order and read the bar shown when each report's message arrives.
+    seen, shown = {}, "unset"
     for event in events:
+        if f'id="{IDS.progress_bar}"' in event.data:
+            shown = bar_percent(event.data)
         for index, (value, percent) in enumerate(WORKER_REPORTS):
-            if f">report-{index}<" in event.data and f'id="{IDS.tab_progress}"' in event.data:
-                seen[index] = bar_percent(event.data)
+            if f">report-{index}<" in event.data:
+                seen[index] = shown
     missing = [WORKER_REPORTS[i][0] for i in range(len(WORKER_REPORTS)) if i not in seen]
     assert not missing, f"no update showed the reports of {missing}; the poll may have missed them"
     for index, (value, percent) in enumerate(WORKER_REPORTS):

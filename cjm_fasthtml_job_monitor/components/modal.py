@@ -203,7 +203,7 @@ def render_tab_content_oob(
     return (
         _make_tab_oob(ids.tab_progress, progress),
         _make_tab_oob(ids.tab_logs, logs_tab),
-        _make_tab_oob(ids.tab_resources, render_resources_tab(resources, history=history)),
+        _make_tab_oob(ids.tab_resources, render_resources_tab(resources, history=history, ids=ids)),
     )
 
 def render_sse_response(
@@ -237,7 +237,7 @@ def render_sse_response(
         logs_tab = render_logs_tab(ids, logs or "", log_lines=log_lines, log_url=log_url, dom_limit=dom_limit)
         parts.append(_make_tab_oob(ids.tab_logs, logs_tab))
     if resources is not None:
-        parts.append(_make_tab_oob(ids.tab_resources, render_resources_tab(resources, history=history)))
+        parts.append(_make_tab_oob(ids.tab_resources, render_resources_tab(resources, history=history, ids=ids)))
     if include_footer:
         active = normalize_status(status) not in TERMINAL_STATUSES
         parts.append(render_footer_oob(ids, urls, is_active=active, job_id=job_id))
@@ -299,7 +299,7 @@ def render_job_modal(
                                         error_message=error_message, label=label,
                                         now=time.time() if now is None else now, eta_s=eta_s),
         "logs": render_logs_tab(ids, logs, log_lines=log_lines, log_url=log_url, dom_limit=config.log_dom_limit),
-        "resources": render_resources_tab(resources, history=history),
+        "resources": render_resources_tab(resources, history=history, ids=ids),
     }
     close_x = Form(Button(lucide_icon("x", size=4, aria_hidden="true"), aria_label="Close",
                           cls=combine_classes(btn, btn_sizes.sm, btn_modifiers.circle, btn_styles.ghost,

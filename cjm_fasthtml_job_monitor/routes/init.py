@@ -18,6 +18,7 @@ import uuid
 import weakref
 from collections import OrderedDict, deque
 from contextlib import aclosing, asynccontextmanager
+from functools import partial
 from html import escape
 from typing import Any, AsyncIterator, Callable, Deque, Dict, List, Optional, Sequence, Tuple
 from urllib.parse import quote, urlsplit
@@ -34,8 +35,13 @@ from cjm_fasthtml_job_monitor.components.modal import (
 )
 from ..components.overlay import render_job_overlay, render_job_overlay_placeholder
 from ..components.tabs.logs_tab import clean_log_text, render_log_line, render_logs_tab
-from ..components.tabs.progress_tab import render_progress_tab
-from ..components.tabs.resources_tab import render_resources_tab
+from cjm_fasthtml_job_monitor.components.tabs.progress_tab import (
+    _PROGRESS_PARTS, _ProgressState, _progress_layout, _progress_part_key, _progress_state, _render_progress_part,
+    render_progress_tab,
+)
+from cjm_fasthtml_job_monitor.components.tabs.resources_tab import (
+    _render_stat_update, _stat_keys, render_resources_tab,
+)
 from ..components.trigger import render_job_progress_button, render_job_trigger
 from ..html_ids import JobMonitorHtmlIds
 from cjm_fasthtml_job_monitor.models import (
@@ -143,36 +149,69 @@ def _jobs_from_json(value: Any, total: int) -> Optional[List[Tuple[tuple, dict]]
     except ValueError: return None
 
 # %% ../../nbs/routes/init.ipynb #7d2c89c9
+def _xml(element: Any) -> str:
+    "Serialise a component without indentation, which would only add bytes to every viewer's stream."
+    return to_xml(element, indent=False)
+
+class _Part:
+    "One swappable part of the modal: the value it shows, the version that changed it, and its latest HTML."
+    __slots__ = ("key", "version", "render", "html", "rendered_at")
+
+    def __init__(self, key: Any, version: int, render: Callable[[], str]):
+        self.key, self.version, self.render = key, version, render
+        self.html: Optional[str] = None
+        self.rendered_at = -1  # Channel version at which `html` was rendered
+
 class _Channel:
-    "Rendered parts and log lines of one sequence, with a version counter that viewers wait on."
+    "Parts and log lines of one sequence, with a version counter that viewers wait on."
     def __init__(self, log_buffer: int):  # Max rendered log lines kept for reconnecting viewers
         self.version = 0
-        self.parts: Dict[str, Tuple[int, str]] = {}  # name -> (version, html)
+        self.parts: Dict[str, _Part] = {}  # name -> part, in the order they were first set
         self.log_lines: Deque[Tuple[int, str]] = deque(maxlen=log_buffer)  # (log seq, html)
         self.log_seq = 0
         self.terminal_html: Optional[str] = None
         self.viewers = 0
+        self.messages: Dict[Tuple[int, int], bytes] = {}  # (version, log seq) of a viewer -> its next message
         self._changed = asyncio.Event()
 
-    def set_part(self, name: str, html: str) -> None:
-        if self.parts.get(name, (0, None))[1] == html: return
-        self.version += 1
-        self.parts[name] = (self.version, html)
-        self._notify()
+    def set_part(self, name: str, key: Any, render: Callable[[], str]) -> None:
+        "Record that part `name` now shows `key`; `render` builds its HTML once a viewer needs it."
+        part = self.parts.get(name)
+        if part is not None and part.key == key: return
+        self.parts[name] = _Part(key, self.version + 1, render)
+        self._bump()
+
+    def html(self, name: str) -> str:
+        "Return the HTML of part `name`, rendered at most once per channel version."
+        part = self.parts[name]
+        if part.rendered_at != self.version:
+            part.html, part.rendered_at = part.render(), self.version
+        return part.html
+
+    def changed_since(self, version: int) -> List[str]:
+        "Return the HTML of the parts changed after `version`; a changed part stands for its own pieces."
+        out = []
+        for name, part in self.parts.items():
+            if part.version <= version: continue
+            whole = self.parts.get(name.partition(".")[0])
+            if whole is not part and whole is not None and whole.version > version: continue
+            out.append(self.html(name))
+        return out
 
     def add_log_lines(self, lines: Sequence[Tuple[int, str]]) -> None:
         if not lines: return
         self.log_lines.extend(lines)
         self.log_seq = lines[-1][0]
-        self.version += 1
-        self._notify()
+        self._bump()
 
     def finish(self, html: str) -> None:
-        self.version += 1
         self.terminal_html = html
-        self._notify()
+        self._bump()
 
-    def _notify(self) -> None:
+    def _bump(self) -> None:
+        "Start a new version and wake the viewers."
+        self.version += 1
+        self.messages.clear()
         self._changed.set()
         self._changed = asyncio.Event()
 
@@ -256,7 +295,7 @@ def _read_and_render_log(
     rendered = []
     for seq, line in enumerate(newest, start=first):
         line.seq = seq
-        rendered.append((seq, to_xml(render_log_line(line))))
+        rendered.append((seq, _xml(render_log_line(line))))
     return count, rendered, cursor
 
 class _SequenceRunner:
@@ -277,6 +316,7 @@ class _SequenceRunner:
         self.results: List[Any] = list(results or [])
         self.channel = _Channel(log_buffer=max(hub.config.log_dom_limit, hub.config.log_lines))
         self.view: Optional[JobView] = None
+        self.progress_state: Optional[_ProgressState] = None  # What the channel's progress parts show
         self.history = _History()
         self.resources: Optional[ResourceSnapshot] = None
         self.eta = _EtaEstimator()
@@ -380,7 +420,6 @@ class _SequenceRunner:
         return last
 
     def _on_view(self, view: JobView) -> None:
-        previous = self.display_status()
         self.view = view
         if view.started_at is not None and self.first_started_at is None:
             self.first_started_at = view.started_at
@@ -388,10 +427,8 @@ class _SequenceRunner:
             return  # _finish publishes the sequence's end
         elapsed = (time.time() - self.first_started_at) if self.first_started_at else None
         self.eta_s = self.eta.update(self.aggregate_progress(view), elapsed)
-        self.channel.set_part("progress", self.render_progress())
-        status = self.display_status()
-        if status != previous:
-            self.channel.set_part("footer", self.render_footer())
+        self.publish_progress()
+        self.publish_footer()
 
     async def _poll_logs_and_resources(self, job_id: str) -> None:
         config = self.hub.config
@@ -403,7 +440,7 @@ class _SequenceRunner:
                 if snapshot is not None:
                     self.resources = snapshot
                     self.history.add(snapshot)
-                self.channel.set_part("resources", self.render_resources())
+                    self.publish_resources()
                 next_resources = time.monotonic() + config.resources_interval_s
             await asyncio.sleep(config.sse_interval_s)
 
@@ -437,7 +474,7 @@ class _SequenceRunner:
         self.ending = True
         if error is not None: self.error_message = error
         # The progress tab shows "Finishing" while the callback runs, which may take a while.
-        self.channel.set_part("progress", self.render_progress())
+        self.publish_progress()
         extra = await self.hub.run_callback(self, status)
         # From here to channel.finish nothing awaits, so no viewer or route can read a half-ended sequence.
         self.outcome = status
@@ -505,16 +542,27 @@ def render_progress(self: _SequenceRunner, now: Optional[float] = None) -> str:
         status_message=self.display_message(status), started_at=self.first_started_at,
         completed_at=self.completed_at(), error_message=self.display_error(status), label=self.label(),
         now=now or time.time(), eta_s=self.eta_s)
-    return to_xml(Div(inner, id=self.hub.ids.tab_progress, hx_swap_oob="true"))
+    return _xml(Div(inner, id=self.hub.ids.tab_progress, hx_swap_oob="true"))
+
+@patch
+def render_progress_part(self: _SequenceRunner, name: str) -> str:
+    "Render one part of the progress tab (bar, message or estimate) as an out-of-band swap."
+    part = _render_progress_part(self.hub.ids, self.progress_state, name)
+    return "" if part is None else _xml(_oob(part))
 
 @patch
 def render_resources(self: _SequenceRunner) -> str:
-    inner = render_resources_tab(self.resources, history=list(self.history))
-    return to_xml(Div(inner, id=self.hub.ids.tab_resources, hx_swap_oob="true"))
+    inner = render_resources_tab(self.resources, history=list(self.history), ids=self.hub.ids)
+    return _xml(Div(inner, id=self.hub.ids.tab_resources, hx_swap_oob="true"))
+
+@patch
+def render_stat(self: _SequenceRunner, name: str) -> str:
+    "Render the value and the body of one row of the resources tab as out-of-band swaps."
+    return "".join(map(_xml, _render_stat_update(self.hub.ids, self.resources, list(self.history), name)))
 
 @patch
 def render_footer(self: _SequenceRunner) -> str:
-    return to_xml(render_footer_oob(self.hub.ids, self.hub.urls, is_active=self.outcome is None, job_id=self.job_id))
+    return _xml(render_footer_oob(self.hub.ids, self.hub.urls, is_active=self.outcome is None, job_id=self.job_id))
 
 @patch
 def render_log_append(self: _SequenceRunner, rendered_lines: Sequence[str]) -> str:
@@ -526,7 +574,7 @@ def render_logs_snapshot(self: _SequenceRunner) -> str:
     lines = [html for _, html in self.channel.log_lines][-self.hub.config.log_lines:]
     inner = render_logs_tab(self.hub.ids, log_lines=[], log_url=self.hub.log_url(self.job_id),
                             dom_limit=self.hub.config.log_dom_limit)
-    html = to_xml(Div(inner, id=self.hub.ids.tab_logs, hx_swap_oob="true"))
+    html = _xml(Div(inner, id=self.hub.ids.tab_logs, hx_swap_oob="true"))
     return html + (self.render_log_append(lines) if lines else "")
 
 @patch
@@ -561,6 +609,32 @@ def render_modal(self: _SequenceRunner, open_on_render: bool) -> FT:
         open_on_render=open_on_render, log_url=hub.log_url(self.job_id), label=self.label(),
         history=list(self.history), kb_system_id=hub.kb_system_id, now=time.time(),
         error_message=self.display_error(status), eta_s=self.eta_s)
+
+# %% ../../nbs/routes/init.ipynb #7e2a5c90
+@patch
+def publish_progress(self: _SequenceRunner) -> None:
+    "Record the progress tab's state in the channel."
+    status = self.display_status()
+    state = _progress_state(status, self.progress_value(status), self.display_message(status),
+                            error_message=self.display_error(status), label=self.label(), eta_s=self.eta_s)
+    self.progress_state = state
+    self.channel.set_part("progress", _progress_layout(state), self.render_progress)
+    for name in _PROGRESS_PARTS:
+        self.channel.set_part(f"progress.{name}", _progress_part_key(state, name),
+                              partial(self.render_progress_part, name))
+
+@patch
+def publish_footer(self: _SequenceRunner) -> None:
+    "Record the footer's state: whether Cancel shows, and the job it cancels."
+    self.channel.set_part("footer", (self.outcome is None, self.job_id), self.render_footer)
+
+@patch
+def publish_resources(self: _SequenceRunner) -> None:
+    "Record the resources tab's state, row by row."
+    self.channel.set_part("resources", self.resources is None, self.render_resources)
+    if self.resources is None: return
+    for name, key in _stat_keys(self.resources, list(self.history)).items():
+        self.channel.set_part(f"resources.{name}", key, partial(self.render_stat, name))
 
 # %% ../../nbs/routes/init.ipynb #6a031261
 _HUBS: "weakref.WeakKeyDictionary[JobMonitorService, Dict[tuple, _MonitorHub]]" = weakref.WeakKeyDictionary()
@@ -776,46 +850,50 @@ def _parse_last_event_id(value: Optional[str], sequence_id: str) -> Optional[int
     return int(log_part)
 
 # %% ../../nbs/routes/init.ipynb #b291815f
+@patch
+def update_since(self: _SequenceRunner, version: int, log_seq: int) -> bytes:
+    "Build the message that brings a viewer from (`version`, `log_seq`) to the present; b'' when nothing shows."
+    channel = self.channel
+    message = channel.messages.get((version, log_seq))
+    if message is not None: return message
+    terminal = channel.terminal_html
+    parts = [] if terminal is not None else channel.changed_since(version)  # the final update has every part
+    new_lines = channel.lines_after(log_seq)
+    if new_lines is None: parts.append(self.render_logs_snapshot())
+    elif new_lines: parts.append(self.render_log_append(new_lines))
+    if terminal is not None: parts.append(terminal)
+    message = b""
+    if parts:
+        data = f"<div>{''.join(parts)}</div>"
+        message = format_sse(data, event_id=f"{self.sequence_id}:{channel.log_seq}").encode()
+    channel.messages[(version, log_seq)] = message
+    return message
+
 async def _viewer_stream(
     runner: _SequenceRunner,  # Sequence to stream
     last_event_id: Optional[str],  # The request's Last-Event-ID header
     heartbeat_s: float,  # Seconds without a message after which a comment line is sent
-    min_interval_s: float,  # Min seconds between two messages; changes in between go out together
-) -> AsyncIterator[str]:
+) -> AsyncIterator[bytes]:
     channel = runner.channel
     channel.viewers += 1
     try:
         version = channel.version
-        sent = {name: v for name, (v, _) in channel.parts.items()}
         html = runner.render_snapshot(_parse_last_event_id(last_event_id, runner.sequence_id))
         log_seq, terminal = channel.log_seq, channel.terminal_html
-        event_id = f"{runner.sequence_id}:{log_seq}"
-        yield format_sse(f"<div>{html}{terminal or ''}</div>", event_id=event_id, retry_ms=SSE_RETRY_MS)
-        last_sent = time.monotonic()
+        yield format_sse(f"<div>{html}{terminal or ''}</div>", event_id=f"{runner.sequence_id}:{log_seq}",
+                         retry_ms=SSE_RETRY_MS).encode()
 
         while terminal is None:
             if not await channel.wait(version, heartbeat_s):
-                yield ": heartbeat\n\n"
+                yield b": heartbeat\n\n"
                 continue
-            pause = min_interval_s - (time.monotonic() - last_sent)
-            if pause > 0 and channel.terminal_html is None: await asyncio.sleep(pause)
-
-            version, terminal = channel.version, channel.terminal_html
-            parts = [html for name, (v, html) in channel.parts.items() if v > sent.get(name, 0)]
-            sent = {name: v for name, (v, _) in channel.parts.items()}
-            if terminal is not None: parts = []  # the final update re-renders every part
-            new_lines = channel.lines_after(log_seq)
-            if new_lines is None: parts.append(runner.render_logs_snapshot())
-            elif new_lines: parts.append(runner.render_log_append(new_lines))
-            log_seq = channel.log_seq
-            if terminal is not None: parts.append(terminal)
-            if not parts: continue
-            event_id = f"{runner.sequence_id}:{log_seq}"
-            yield format_sse(f"<div>{''.join(parts)}</div>", event_id=event_id)
-            last_sent = time.monotonic()
+            # No await from here to the yield, so the message matches the version and log line recorded.
+            message = runner.update_since(version, log_seq)
+            version, log_seq, terminal = channel.version, channel.log_seq, channel.terminal_html
+            if message: yield message
 
         runner.hub.mark_outcome_delivered(runner)
-        yield format_sse("", event="done", event_id=event_id)
+        yield format_sse("", event="done", event_id=f"{runner.sequence_id}:{log_seq}").encode()
     finally:
         channel.viewers -= 1
 
@@ -1003,8 +1081,7 @@ def init_job_monitor_routes(
         if runner is None:
             stream = _idle_stream(hub, job_id)
         else:
-            stream = _viewer_stream(runner, request.headers.get("last-event-id"), config.heartbeat_s,
-                                    config.sse_interval_s)
+            stream = _viewer_stream(runner, request.headers.get("last-event-id"), config.heartbeat_s)
         return StreamingResponse(stream, media_type="text/event-stream", headers=SSE_HEADERS)
 
     @router.post(prefix + "/cancel")

@@ -6,7 +6,8 @@
 //   position when the server replaces it, and pausing keyboard navigation while it is open;
 // - the elapsed time, ticked from the server's figure with one interval for the whole page;
 // - the log view: follow the tail only at the bottom, "jump to latest", line limit, level filter;
-// - status announcements in the modal's polite live region;
+// - status announcements in the modal's polite live region, and the tab's data-percent when the
+//   server sends only the progress bar;
 // - the overlay: its siblings are made inert while it covers them;
 // - the page title and the opt-in notification when a job ends.
 (function () {
@@ -247,6 +248,17 @@
     if (ended) notify(dialog, el);
   }
 
+  // While the status stays the same, the routes send the bar row on its own, without the tab's root.
+  // The row's data-percent goes to the root, where updateTitle reads it.
+  function barUpdated(row) {
+    var root = row.closest("[data-jm-progress]");
+    if (!root) return;
+    var percent = row.getAttribute("data-percent") || "";
+    if (root.getAttribute("data-percent") === percent) return;
+    root.setAttribute("data-percent", percent);
+    progressUpdated(root);
+  }
+
   function announce(dialog, text) {
     var live = dialog.querySelector("[data-jm-live]");
     if (live && text && live.textContent !== text) live.textContent = text;
@@ -338,6 +350,7 @@
     each(root, "[data-jm-log]", initLog);
     each(root, "[data-jm-overlay]", coverSiblings);
     each(root, "[data-jm-progress]", progressUpdated);
+    each(root, "[data-jm-bar]", barUpdated);
     if (root.matches("[data-jm-notify-toggle]") || root.querySelector("[data-jm-notify-toggle]")) {
       renderNotifyToggles(root);
     }

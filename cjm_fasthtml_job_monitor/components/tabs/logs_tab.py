@@ -21,15 +21,11 @@ from cjm_fasthtml_daisyui.utilities.semantic_colors import bg_dui, border_dui, t
 from cjm_fasthtml_lucide_icons.factory import lucide_icon
 from cjm_fasthtml_tailwind.core.base import combine_classes
 from cjm_fasthtml_tailwind.utilities.borders import border, rounded
-from cjm_fasthtml_tailwind.utilities.flexbox_and_grid import (
-    flex_direction, flex_display, flex_wrap, gap, items, justify, shrink,
-)
+from cjm_fasthtml_tailwind.utilities.flexbox_and_grid import flex_direction, flex_display, flex_wrap, gap, items
 from cjm_fasthtml_tailwind.utilities.layout import overflow
-from cjm_fasthtml_tailwind.utilities.sizing import h, min_w
+from cjm_fasthtml_tailwind.utilities.sizing import h
 from cjm_fasthtml_tailwind.utilities.spacing import m, p
-from cjm_fasthtml_tailwind.utilities.typography import (
-    font_family, font_size, font_weight, tabular_nums, whitespace, wrap_anywhere,
-)
+from cjm_fasthtml_tailwind.utilities.typography import font_family, font_size
 
 from ...html_ids import JobMonitorHtmlIds
 from ...models import LogLine
@@ -82,12 +78,10 @@ _LEVEL_BADGE = {
     "error": badge_colors.error,
     "critical": badge_colors.error,
 }
-_LEVEL_ROW = {
-    "warning": combine_classes(bg_dui.warning.opacity(10), border_dui.warning),
-    "error": combine_classes(bg_dui.error.opacity(10), border_dui.error),
-    "critical": combine_classes(bg_dui.error.opacity(20), border_dui.error, font_weight.semibold),
-}
-_PLAIN_ROW = "border-transparent"
+# The row, time and message styles are classes of job_monitor.css, keyed on `data-level`: a line is sent to every
+# viewer, and eight utility classes per element made up most of its bytes.
+_BADGE_CLASSES = {level: combine_classes(badge, badge_sizes.xs, style) for level, style in _LEVEL_BADGE.items()}
+_OTHER_BADGE_CLASSES = combine_classes(badge, badge_sizes.xs, badge_styles.outline)
 
 def normalize_level(
     level: Optional[str],  # Logging level name as recorded
@@ -102,20 +96,17 @@ def _render_line(seq: int, ts: Optional[float], level: str, message: str, source
     badge_text = "OUT" if source == "stdout" else level_name.upper()
     stamp = None
     if isinstance(ts, (int, float)) and not isinstance(ts, bool) and ts == ts and abs(ts) < 1e11:
-        clock = time.strftime("%H:%M:%S", time.gmtime(ts)) + f".{int((ts % 1) * 1000):03d}"
-        iso = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int((ts % 1) * 1000):03d}Z"
-        stamp = Time(clock, datetime=iso, title="UTC",
-                     cls=combine_classes(shrink._0, tabular_nums, text_dui.base_content.opacity(70)))
+        utc, millis = time.gmtime(ts), f".{int((ts % 1) * 1000):03d}"
+        iso = time.strftime("%Y-%m-%dT%H:%M:%S", utc) + millis + "Z"
+        stamp = Time(time.strftime("%H:%M:%S", utc) + millis, datetime=iso, title="UTC")
     return Div(
         stamp,
         Span(badge_text, title="Worker stdout" if source == "stdout" else None,
-             cls=combine_classes(badge, badge_sizes.xs, _LEVEL_BADGE.get(level_name, badge_styles.outline), shrink._0,
-                                 min_w._16, justify.center, m.t(0.5))),
-        Span(clean_log_text(message), cls=combine_classes(whitespace.pre_wrap, wrap_anywhere, min_w._0)),
+             cls=_BADGE_CLASSES.get(level_name, _OTHER_BADGE_CLASSES)),
+        Span(clean_log_text(message)),
         data_level=level_name,
         data_seq=str(seq),
-        cls=combine_classes(flex_display, items.start, gap._2, p.x._2, p.y(0.5), border.l._2,
-                            _LEVEL_ROW.get(level_name, _PLAIN_ROW)),
+        cls="jm-line",
     )
 
 # %% ../../../nbs/components/tabs/logs_tab.ipynb #43e65ec3

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Optional
+from functools import lru_cache
+from typing import Any, NamedTuple, Optional
 
 from fasthtml.common import FT, Div, P, Progress, Span
 
@@ -23,9 +24,7 @@ from cjm_fasthtml_tailwind.utilities.flexbox_and_grid import flex_direction, fle
 from cjm_fasthtml_tailwind.utilities.sizing import w
 from cjm_fasthtml_tailwind.utilities.transitions_and_animation import animate
 from cjm_fasthtml_tailwind.utilities.spacing import m, p
-from cjm_fasthtml_tailwind.utilities.typography import (
-    font_size, font_weight, tabular_nums, text_align, wrap_anywhere, whitespace,
-)
+from cjm_fasthtml_tailwind.utilities.typography import font_size, font_weight, tabular_nums, wrap_anywhere, whitespace
 
 from ...html_ids import JobMonitorHtmlIds
 from ...models import TERMINAL_STATUSES, normalize_progress, normalize_status
@@ -101,18 +100,55 @@ _BAR_COLORS = {
     "cancelled": progress_colors.warning,
 }
 
+# Class strings are built once here: composing them on every render cost more than serialising the tab.
+_BADGE_CLASSES = {
+    status: combine_classes(badge, _STATUS_BADGE_COLORS.get(status, ""),
+                            "" if status in _STATUS_BADGE_COLORS else badge_styles.outline, gap._1)
+    for status in STATUS_LABELS
+}
+
+@lru_cache(maxsize=None)
+def _status_icon(status: str) -> FT:
+    "Build the badge icon of a status once; callers share it and must not change it."
+    spinning = status == "running"
+    return lucide_icon(_STATUS_ICONS[status], size=3.5, aria_hidden="true",
+                       cls=str(animate.spin) if spinning else None, data_jm_spin="1" if spinning else None)
+
 def _render_status_badge(
     status: str,  # Normalised status
 ) -> FT:  # Badge element
     "Render a coloured badge with an icon for a job status."
-    color = _STATUS_BADGE_COLORS.get(status)
-    style = badge_styles.outline if color is None else ""
-    spinning = status == "running"
-    icon = lucide_icon(_STATUS_ICONS[status], size=3.5, aria_hidden="true",
-                       cls=str(animate.spin) if spinning else None, data_jm_spin="1" if spinning else None)
-    return Span(icon, STATUS_LABELS[status], cls=combine_classes(badge, color or "", style, gap._1), data_status=status)
+    return Span(_status_icon(status), STATUS_LABELS[status], cls=_BADGE_CLASSES[status], data_status=status)
 
 # %% ../../../nbs/components/tabs/progress_tab.ipynb #a1bf4d96
+class _ProgressState(NamedTuple):
+    "What the progress tab shows, normalised from `render_progress_tab`'s arguments."
+    status: str  # Normalised status
+    terminal: bool  # The job is over: its status is terminal, or the caller said it ended
+    fraction: Optional[float]  # 0.0 to 1.0, or None for an indeterminate bar
+    message: str  # Stage message; "" shows none
+    eta: str  # Time-remaining sentence; "" shows none
+    label: str  # Context label; "" shows none
+    error: Any  # Error text of a failed job, as given
+
+    @property
+    def percent(self) -> Optional[int]: return None if self.fraction is None else int(self.fraction * 100)
+
+def _progress_state(status, progress_value, status_message, *, error_message=None, label='', eta_s=None,
+                    ended=False) -> _ProgressState:
+    "Normalise the arguments of `render_progress_tab`."
+    status = normalize_status(status)
+    terminal = status in TERMINAL_STATUSES or bool(ended)
+    fraction = 1.0 if status == "completed" else normalize_progress(progress_value)
+    has_eta = not terminal and _is_number(eta_s) and eta_s >= 0
+    eta = f"About {format_duration(eta_s)} remaining (estimate)" if has_eta else ""
+    return _ProgressState(status, terminal, fraction, str(status_message) if status_message else "", eta,
+                          str(label) if label else "", error_message)
+
+_TAB_CLASSES = combine_classes(flex_display, flex_direction.col, gap._3, p.y._2)
+_HEADER_CLASSES = combine_classes(flex_display, flex_wrap.wrap, items.center, gap._2)
+_LABEL_CLASSES = combine_classes(font_weight.medium, wrap_anywhere)
+
 def render_progress_tab(
     ids: JobMonitorHtmlIds,  # Element IDs
     status: str = 'pending',  # Job status; normalised with `normalize_status`
@@ -128,71 +164,84 @@ def render_progress_tab(
     ended: bool = False,  # The job is over whatever its status says, e.g. a job the server no longer has
 ) -> FT:  # Progress tab content
     "Render the progress tab: status badge, progress bar, stage message, elapsed and remaining time."
-    status = normalize_status(status)
-    is_terminal = status in TERMINAL_STATUSES or bool(ended)
-    fraction = 1.0 if status == "completed" else normalize_progress(progress_value)
-    percent = None if fraction is None else int(fraction * 100)
+    state = _progress_state(status, progress_value, status_message, error_message=error_message, label=label,
+                            eta_s=eta_s, ended=ended)
     now = time.time() if not _is_number(now) else now
-
     header = Div(
-        _render_status_badge(status),
-        Span(str(label), cls=combine_classes(font_weight.medium, wrap_anywhere)) if label else None,
-        _render_elapsed(ids, is_terminal, started_at, completed_at, now),
-        cls=combine_classes(flex_display, flex_wrap.wrap, items.center, gap._2),
+        _render_status_badge(state.status),
+        Span(state.label, cls=_LABEL_CLASSES) if state.label else None,
+        _render_elapsed(ids, state.terminal, started_at, completed_at, now),
+        cls=_HEADER_CLASSES,
     )
-    children = [
-        header,
-        _render_bar(ids, status, fraction, percent, is_terminal),
-        P(str(status_message), cls=combine_classes(whitespace.pre_wrap, wrap_anywhere)) if status_message else None,
-        _render_eta(eta_s) if not is_terminal else None,
-        _render_notice(status, error_message),
-    ]
+    children = [header, *(_render_progress_part(ids, state, name) for name in _PROGRESS_PARTS),
+                _render_notice(state.status, error_message)]
+    percent = state.percent
     return Div(
         *[c for c in children if c is not None],
         data_jm_progress="1",
-        data_status=status,
-        data_status_label=STATUS_LABELS[status],
+        data_status=state.status,
+        data_status_label=STATUS_LABELS[state.status],
         data_percent="" if percent is None else str(percent),
-        data_terminal="1" if is_terminal else "0",
-        data_outcome=_outcome_text(status, error_message),
-        data_announce=_announcement(status, error_message),
-        cls=combine_classes(flex_display, flex_direction.col, gap._3, p.y._2),
+        data_terminal="1" if state.terminal else "0",
+        data_outcome=_outcome_text(state.status, error_message),
+        data_announce=_announcement(state.status, error_message),
+        cls=_TAB_CLASSES,
     )
 
+# %% ../../../nbs/components/tabs/progress_tab.ipynb #2e91f0c4
+_PROGRESS_PARTS = ("bar", "message", "eta")  # Parts of the progress tab that are swapped on their own
+
+def _progress_layout(state: _ProgressState) -> tuple:
+    "Return what the tab's structure depends on; while it stays the same, the parts can be swapped on their own."
+    return (state.status, state.terminal, state.fraction is None, bool(state.message), bool(state.eta),
+            state.label, state.error)
+
+def _progress_part_key(state: _ProgressState, name: str) -> Any:
+    "Return the value that part `name` shows: the part needs a new render exactly when it changes."
+    return {"bar": state.percent, "message": state.message, "eta": state.eta}[name]
+
+def _progress_part_id(ids: JobMonitorHtmlIds, name: str) -> str:
+    "Return the id of part `name` of the progress tab."
+    return f"{ids.prefix}-progress-{'row' if name == 'bar' else name}"
+
+def _render_progress_part(ids: JobMonitorHtmlIds, state: _ProgressState, name: str) -> Optional[FT]:
+    "Render part `name` of the progress tab, or None where the tab has no such part."
+    if name == "bar": return _render_bar(ids, state)
+    text = state.message if name == "message" else state.eta
+    if not text: return None
+    return P(text, id=_progress_part_id(ids, name), cls=f"jm-{name}", data_jm_eta="1" if name == "eta" else None)
+
 # %% ../../../nbs/components/tabs/progress_tab.ipynb #fd867c63
+_ELAPSED_CLASSES = combine_classes(m.l.auto, font_size.sm)
+_ELAPSED_LABEL_CLASSES = str(text_dui.base_content.opacity(70))
+_ELAPSED_TIME_CLASSES = str(tabular_nums)
+_BAR_CLASSES = {status: combine_classes(progress, _BAR_COLORS.get(status, progress_colors.primary), w.full)
+                for status in STATUS_LABELS}
+
 def _render_elapsed(ids, ended, started_at, completed_at, now) -> FT:
     "Render the elapsed time with the attributes the browser ticker reads."
     elapsed = compute_elapsed(started_at, completed_at, now)
     running = elapsed is not None and not ended and not _is_number(completed_at)
     return Span(
-        Span("Elapsed ", cls=text_dui.base_content.opacity(70)),
+        Span("Elapsed ", cls=_ELAPSED_LABEL_CLASSES),
         Span(format_duration(elapsed), id=ids.elapsed, data_jm_elapsed="1",
              data_elapsed_s="" if elapsed is None else f"{elapsed:.1f}",
-             data_running="1" if running else "0", cls=str(tabular_nums)),
-        cls=combine_classes(m.l.auto, font_size.sm),
+             data_running="1" if running else "0", cls=_ELAPSED_TIME_CLASSES),
+        cls=_ELAPSED_CLASSES,
     )
 
-def _render_bar(ids, status, fraction, percent, ended) -> FT:
+def _render_bar(ids, state: _ProgressState) -> FT:
     "Render the progress bar and its percentage, an indeterminate bar, or an empty bar for an ended job."
-    color = _BAR_COLORS.get(status, progress_colors.primary)
-    bar_cls = combine_classes(progress, color, w.full)
-    if fraction is None and ended:
-        bar = Progress(value="0", max="100", id=ids.progress_bar, aria_label="Job progress", cls=bar_cls)
-        return Div(bar, cls=combine_classes(flex_display, items.center, gap._3))
-    if fraction is None:
-        bar = Progress(max="100", id=ids.progress_bar, aria_label="Job progress", aria_valuetext="In progress",
-                       cls=bar_cls)
-        return Div(bar, cls=combine_classes(flex_display, items.center, gap._3))
+    bar_cls, percent = _BAR_CLASSES[state.status], state.percent
+    row = dict(id=_progress_part_id(ids, "bar"), data_jm_bar="1", data_percent="" if percent is None else str(percent),
+               cls="jm-bar")
+    if percent is None and state.terminal:
+        return Div(Progress(value="0", max="100", id=ids.progress_bar, aria_label="Job progress", cls=bar_cls), **row)
+    if percent is None:
+        return Div(Progress(max="100", id=ids.progress_bar, aria_label="Job progress", aria_valuetext="In progress",
+                            cls=bar_cls), **row)
     bar = Progress(value=str(percent), max="100", id=ids.progress_bar, aria_label="Job progress", cls=bar_cls)
-    text = Span(f"{percent}%", aria_hidden="true",
-                cls=combine_classes(tabular_nums, font_size.sm, w._12, text_align.right))
-    return Div(bar, text, cls=combine_classes(flex_display, items.center, gap._3))
-
-def _render_eta(eta_s) -> Optional[FT]:
-    "Render the time-remaining estimate, or nothing when there is none."
-    if not _is_number(eta_s) or eta_s < 0: return None
-    return P(f"About {format_duration(eta_s)} remaining (estimate)",
-             cls=combine_classes(font_size.sm, text_dui.base_content.opacity(70)), data_jm_eta="1")
+    return Div(bar, Span(f"{percent}%", aria_hidden="true", cls="jm-percent"), **row)
 
 def _notice(icon: str, color: str, *content) -> FT:
     "Render a notice: a solid daisyUI alert with an icon."

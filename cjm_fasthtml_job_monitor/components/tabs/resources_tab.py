@@ -8,7 +8,7 @@ Docs: https://cj-mills.github.io/cjm-fasthtml-job-monitor/components/tabs/resour
 from __future__ import annotations
 
 import math
-from typing import Any, List, Optional, Sequence
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence
 
 from fasthtml.common import FT, Div, P, Progress, Span
 from fasthtml.svg import Polygon, Polyline, Svg
@@ -24,6 +24,7 @@ from cjm_fasthtml_tailwind.utilities.sizing import h, w
 from cjm_fasthtml_tailwind.utilities.spacing import p
 from cjm_fasthtml_tailwind.utilities.typography import font_size, font_weight, tabular_nums, text_align
 
+from ...html_ids import JobMonitorHtmlIds
 from ...models import ResourceSnapshot
 
 # %% auto #0
@@ -47,6 +48,9 @@ def format_megabytes(
     return f"{value:.0f} MB"
 
 # %% ../../../nbs/components/tabs/resources_tab.ipynb #0e78c934
+_SPARK_HEIGHT = 96  # Height of the chart's coordinate space; the points are whole numbers in it
+_SPARK_CLASSES = combine_classes(w.full, h._6, text_dui.primary)
+
 def render_sparkline(
     values: Sequence[Any],  # Samples, oldest first; non-numbers are skipped
     bound: Optional[float] = None,  # Value drawn at full height; None scales to the largest sample
@@ -57,43 +61,64 @@ def render_sparkline(
     points = [v for v in (_figure(v) for v in values) if v is not None]
     if len(points) < 2: return None
     top = _figure(bound) or max(points) or 1.0
-    step = 100 / (len(points) - 1)
-    coords = " ".join(f"{i * step:.1f},{22 - 20 * min(v / top, 1.0):.1f}" for i, v in enumerate(points))
+    # One unit of x per sample, and the line between 8 and 88 of the 96 units of height: whole numbers keep
+    # the points short, and the SVG is stretched to the element's size anyway.
+    last = len(points) - 1
+    coords = " ".join(f"{i},{88 - round(80 * min(v / top, 1.0))}" for i, v in enumerate(points))
     summary = f"{label} over the last {len(points)} samples: low {min(points):.0f}{unit}, high {max(points):.0f}{unit}"
     return Svg(
-        Polygon(points=f"0,24 {coords} 100,24", fill="currentColor", fill_opacity="0.15", stroke="none"),
+        Polygon(points=f"0,{_SPARK_HEIGHT} {coords} {last},{_SPARK_HEIGHT}", fill="currentColor", fill_opacity="0.15",
+                stroke="none"),
         Polyline(points=coords, fill="none", stroke="currentColor", stroke_width="1.5",
                  vector_effect="non-scaling-stroke", stroke_linejoin="round"),
-        viewBox="0 0 100 24", preserveAspectRatio="none", role="img", aria_label=summary,
-        data_jm_sparkline="1", cls=combine_classes(w.full, h._6, text_dui.primary),
+        viewBox=f"0 0 {last} {_SPARK_HEIGHT}", preserveAspectRatio="none", role="img", aria_label=summary,
+        data_jm_sparkline="1", cls=_SPARK_CLASSES,
     )
 
 # %% ../../../nbs/components/tabs/resources_tab.ipynb #283e705a
-def _render_stat_row(
-    label: str,  # Stat label (e.g., 'CPU')
-    value_text: str,  # Formatted value (e.g., '45.2%')
-    bar_pct: Optional[int] = None,  # Progress bar percentage (0-100)
-    bar_color: str = "",  # DaisyUI progress color class
-    detail: str = "",  # Smaller text under the value, e.g. the bound
-    chart: Optional[FT] = None,  # Sparkline
-    name: str = "",  # Value of data-stat, for tests and styling
-    icon: str = "",  # Lucide icon name shown before the label
-) -> FT:  # Stat row element
-    "Render a single stat row with label, value, and optional progress bar."
+class _Stat(NamedTuple):
+    "What one row of the tab shows."
+    name: str  # Value of data-stat, for tests and styling
+    label: str  # Stat label (e.g., 'CPU')
+    icon: str  # Lucide icon name shown before the label
+    value_text: str  # Formatted value (e.g., '45%')
+    bar_pct: Optional[int] = None  # Progress bar percentage (0-100)
+    bar_color: str = ""  # DaisyUI progress color class
+    detail: str = ""  # Smaller text under the value, e.g. the bound
+    chart: Optional[FT] = None  # Sparkline
+
+_ROW_CLASSES = combine_classes(flex_display, flex_direction.col, gap._1)
+_ROW_HEADER_CLASSES = combine_classes(flex_display, items.center, justify.between, gap._2)
+_LABEL_CLASSES = combine_classes(flex_display, items.center, gap._2, font_weight.medium)
+_VALUE_CLASSES = combine_classes(tabular_nums, text_align.right)
+_DETAIL_CLASSES = combine_classes(font_size.xs, text_dui.base_content.opacity(70))
+_ICON_CLASSES = str(text_dui.base_content.opacity(70))
+
+def _stat_id(ids: Optional[JobMonitorHtmlIds], name: str, part: str) -> Optional[str]:
+    "Return the id of the value or the body of row `name`, or None without ids."
+    return f"{ids.prefix}-stat-{name}-{part}" if ids is not None else None
+
+def _render_stat_value(stat: _Stat, ids: Optional[JobMonitorHtmlIds] = None) -> FT:
+    "Render the value of a row."
+    return Span(stat.value_text, id=_stat_id(ids, stat.name, "value"), data_stat_value="1", cls=_VALUE_CLASSES)
+
+def _render_stat_body(stat: _Stat, ids: Optional[JobMonitorHtmlIds] = None) -> FT:
+    "Render the part of a row below its label: the bar, the detail and the chart."
     bar = None
-    if bar_pct is not None:
-        bar = Progress(value=str(bar_pct), max="100", aria_label=f"{label} usage",
-                       cls=combine_classes(progress, bar_color or progress_colors.primary, w.full))
-    glyph = lucide_icon(icon, size=4, aria_hidden="true", cls=str(text_dui.base_content.opacity(70))) if icon else None
+    if stat.bar_pct is not None:
+        bar = Progress(value=str(stat.bar_pct), max="100", aria_label=f"{stat.label} usage",
+                       cls=combine_classes(progress, stat.bar_color or progress_colors.primary, w.full))
+    detail = P(stat.detail, cls=_DETAIL_CLASSES) if stat.detail else None
+    return Div(bar, detail, stat.chart, id=_stat_id(ids, stat.name, "body"), cls="jm-stat-body")
+
+def _render_stat_row(stat: _Stat, ids: Optional[JobMonitorHtmlIds] = None) -> FT:
+    "Render a single stat row with label, value, and optional progress bar."
+    glyph = lucide_icon(stat.icon, size=4, aria_hidden="true", cls=_ICON_CLASSES) if stat.icon else None
     return Div(
-        Div(Span(glyph, label, cls=combine_classes(flex_display, items.center, gap._2, font_weight.medium)),
-            Span(value_text, data_stat_value="1", cls=combine_classes(tabular_nums, text_align.right)),
-            cls=combine_classes(flex_display, items.center, justify.between, gap._2)),
-        bar,
-        P(detail, cls=combine_classes(font_size.xs, text_dui.base_content.opacity(70))) if detail else None,
-        chart,
-        data_stat=name or label.lower(),
-        cls=combine_classes(flex_display, flex_direction.col, gap._1),
+        Div(Span(glyph, stat.label, cls=_LABEL_CLASSES), _render_stat_value(stat, ids), cls=_ROW_HEADER_CLASSES),
+        _render_stat_body(stat, ids),
+        data_stat=stat.name,
+        cls=_ROW_CLASSES,
     )
 
 def _percent_of(value: Optional[float], bound: Optional[float]) -> Optional[int]:
@@ -111,31 +136,36 @@ def _series(history: Sequence[ResourceSnapshot], field: str) -> List[Any]:
     "Collect one field from each snapshot of the history."
     return [getattr(s, field, None) for s in history or ()]
 
+_TAB_CLASSES = combine_classes(flex_display, flex_direction.col, gap._4, p.y._2)
+_EMPTY_CLASSES = str(text_dui.base_content.opacity(70))
+
 def render_resources_tab(
     resources: Optional[ResourceSnapshot] = None,  # Resource data
     *,
     history: Optional[Sequence[ResourceSnapshot]] = None,  # Earlier snapshots of this job, oldest first, for the charts
+    ids: Optional[JobMonitorHtmlIds] = None,  # Element IDs; with them each row's value and body get an id
 ) -> FT:  # Resources tab content
     "Render the worker's PID, CPU, RAM, GPU memory and GPU load, with bars and history charts."
-    wrapper = combine_classes(flex_display, flex_direction.col, gap._4, p.y._2)
     if resources is None:
-        return Div(P("No resource sample yet. Figures appear once the worker is running.",
-                     cls=str(text_dui.base_content.opacity(70))), data_jm_resources="empty", cls=wrapper)
-    history = list(history or [])
-    rows = [_render_worker_row(resources), _render_cpu_row(resources, history), _render_ram_row(resources, history)]
-    rows += _render_gpu_rows(resources, history)
-    return Div(*rows, data_jm_resources="1", cls=wrapper)
+        return Div(P("No resource sample yet. Figures appear once the worker is running.", cls=_EMPTY_CLASSES),
+                   data_jm_resources="empty", cls=_TAB_CLASSES)
+    rows = [_render_stat_row(stat, ids) for stat in _stats(resources, list(history or []))]
+    return Div(*rows, data_jm_resources="1", cls=_TAB_CLASSES)
 
 # %% ../../../nbs/components/tabs/resources_tab.ipynb #99ada9b1
-def _render_worker_row(s: ResourceSnapshot) -> FT:
-    "Render the worker PID and the size of its process tree."
+def _stats(s: ResourceSnapshot, history: Sequence[ResourceSnapshot]) -> List[_Stat]:
+    "Compute what each row of the tab shows, in display order."
+    return [_worker_stat(s), _cpu_stat(s, history), _ram_stat(s, history), *_gpu_stats(s, history)]
+
+def _worker_stat(s: ResourceSnapshot) -> _Stat:
+    "The worker PID and the size of its process tree."
     pid = s.worker_pid if isinstance(s.worker_pid, int) and not isinstance(s.worker_pid, bool) else None
     count = s.process_count if isinstance(s.process_count, int) and s.process_count > 1 else None
     detail = f"{count} processes in the worker's tree" if count else ""
-    return _render_stat_row("Worker PID", "n/a" if pid is None else str(pid), detail=detail, name="pid", icon="hash")
+    return _Stat("pid", "Worker PID", "hash", "n/a" if pid is None else str(pid), detail=detail)
 
-def _render_cpu_row(s: ResourceSnapshot, history: Sequence[ResourceSnapshot]) -> FT:
-    "Render CPU use against all cores."
+def _cpu_stat(s: ResourceSnapshot, history: Sequence[ResourceSnapshot]) -> _Stat:
+    "CPU use against all cores."
     cpu = _figure(s.cpu_percent)
     cores = s.cpu_count if isinstance(s.cpu_count, int) and s.cpu_count > 0 else None
     bound = 100.0 * cores if cores else None
@@ -144,20 +174,18 @@ def _render_cpu_row(s: ResourceSnapshot, history: Sequence[ResourceSnapshot]) ->
     series = _series(history, "cpu_percent")
     peak = max([v for v in map(_figure, series) if v is not None], default=0.0)
     chart = render_sparkline(series, max(peak, 100.0), "CPU", "%")
-    return _render_stat_row("CPU", "n/a" if cpu is None else f"{cpu:.0f}%", pct, _bar_color(pct), detail, chart, "cpu",
-                            icon="cpu")
+    return _Stat("cpu", "CPU", "cpu", "n/a" if cpu is None else f"{cpu:.0f}%", pct, _bar_color(pct), detail, chart)
 
-def _render_ram_row(s: ResourceSnapshot, history: Sequence[ResourceSnapshot]) -> FT:
-    "Render resident memory against the machine's memory."
+def _ram_stat(s: ResourceSnapshot, history: Sequence[ResourceSnapshot]) -> _Stat:
+    "Resident memory against the machine's memory."
     rss, total = _figure(s.memory_rss_mb), _figure(s.memory_total_mb)
     pct = _percent_of(rss, total)
     detail = f"of {format_megabytes(total)} on this machine" if total else ""
     chart = render_sparkline(_series(history, "memory_rss_mb"), None, "RAM", " MB")
-    return _render_stat_row("RAM", format_megabytes(rss), pct, _bar_color(pct), detail, chart, "ram",
-                            icon="memory-stick")
+    return _Stat("ram", "RAM", "memory-stick", format_megabytes(rss), pct, _bar_color(pct), detail, chart)
 
-def _render_gpu_rows(s: ResourceSnapshot, history: Sequence[ResourceSnapshot]) -> List[FT]:
-    "Render GPU memory and GPU load, or n/a rows when no GPU figures exist."
+def _gpu_stats(s: ResourceSnapshot, history: Sequence[ResourceSnapshot]) -> List[_Stat]:
+    "GPU memory and GPU load, or n/a rows when no GPU figures exist."
     used, total, load = _figure(s.gpu_memory_mb), _figure(s.gpu_total_mb), _figure(s.gpu_load_percent)
     name = str(s.gpu_name) if s.gpu_name else ""
     index = s.gpu_index if isinstance(s.gpu_index, int) and not isinstance(s.gpu_index, bool) else None
@@ -168,9 +196,38 @@ def _render_gpu_rows(s: ResourceSnapshot, history: Sequence[ResourceSnapshot]) -
     load_pct = None if load is None else int(round(min(load, 100.0)))
     load_chart = render_sparkline(_series(history, "gpu_load_percent"), 100.0, "GPU load", "%")
     return [
-        _render_stat_row("GPU memory", format_megabytes(used), mem_pct, _bar_color(mem_pct), mem_detail,
-                         mem_chart, "gpu-memory", icon="microchip"),
-        _render_stat_row("GPU load", "n/a" if load is None else f"{load:.0f}%", load_pct, _bar_color(load_pct),
-                         "whole device, all processes" if load is not None else "", load_chart, "gpu-load",
-                         icon="gauge"),
+        _Stat("gpu-memory", "GPU memory", "microchip", format_megabytes(used), mem_pct, _bar_color(mem_pct),
+              mem_detail, mem_chart),
+        _Stat("gpu-load", "GPU load", "gauge", "n/a" if load is None else f"{load:.0f}%", load_pct,
+              _bar_color(load_pct), "whole device, all processes" if load is not None else "", load_chart),
     ]
+
+# %% ../../../nbs/components/tabs/resources_tab.ipynb #6c3f1a84
+# Snapshot fields that each row reads. A row's chart reads its series from the history (_STAT_SERIES).
+_STAT_FIELDS = {
+    "pid": ("worker_pid", "process_count"),
+    "cpu": ("cpu_percent", "cpu_count"),
+    "ram": ("memory_rss_mb", "memory_total_mb"),
+    "gpu-memory": ("gpu_memory_mb", "gpu_total_mb", "gpu_index", "gpu_name"),
+    "gpu-load": ("gpu_load_percent",),
+}
+_STAT_SERIES = {"cpu": "cpu_percent", "ram": "memory_rss_mb", "gpu-memory": "gpu_memory_mb",
+                "gpu-load": "gpu_load_percent"}
+
+def _stat_keys(s: ResourceSnapshot, history: Sequence[ResourceSnapshot]) -> Dict[str, tuple]:
+    "Return, per row name, what the row shows: equal keys render equal rows."
+    keys = {}
+    for name, fields in _STAT_FIELDS.items():
+        # The chart draws only the figures of its series, so samples without one leave the key as it was.
+        series = _series(history, _STAT_SERIES[name]) if name in _STAT_SERIES else ()
+        series = tuple(value for value in map(_figure, series) if value is not None)
+        keys[name] = (tuple(getattr(s, field, None) for field in fields), series)
+    return keys
+
+def _render_stat_update(ids: JobMonitorHtmlIds, s: ResourceSnapshot, history: Sequence[ResourceSnapshot],
+                        name: str) -> List[FT]:
+    "Render the value and the body of row `name` for out-of-band swaps into a tab rendered with the same `ids`."
+    stat = next(stat for stat in _stats(s, history) if stat.name == name)
+    parts = [_render_stat_value(stat, ids), _render_stat_body(stat, ids)]
+    for part in parts: part.attrs["hx-swap-oob"] = "true"
+    return parts

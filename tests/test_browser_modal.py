@@ -603,6 +603,29 @@ def test_log_level_filter_covers_new_lines(push_page: PushPage):
     expect(link).to_have_attribute("href", f"{URLS.log}?job_id={JOB_ID}")
 
 
+def test_log_filter_hiding_all_lines_says_so(push_page: PushPage):
+    setup = PageSetup(log_lines=[LogLine(1, 1.0, "INFO", "first"), LogLine(2, 2.0, "DEBUG", "second")])
+    page = push_page.load(setup).page
+    wait_for_modal_open(page)
+    open_tab(page, "logs")
+    notice = page.locator("[data-jm-log-empty]")
+    expect(notice).to_be_hidden()
+
+    page.locator("select[data-jm-log-filter]").select_option("warning")
+    expect(notice).to_be_visible()
+    expect(notice).to_contain_text("No lines at this level yet")
+    expect(notice).to_contain_text("the 2 other lines")
+
+    # A warning that arrives under the filter shows, and the notice goes.
+    push_page.stream.push(render_log_append_oob(IDS, [LogLine(3, 3.0, "WARNING", "careful")]))
+    wait_for_last_line(page, 3)
+    expect(notice).to_be_hidden()
+    assert visible_levels(page) == ["warning"]
+
+    page.locator("select[data-jm-log-filter]").select_option("all")
+    expect(notice).to_be_hidden()
+
+
 # --- the modal -----------------------------------------------------------------------------------
 
 

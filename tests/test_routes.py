@@ -369,6 +369,13 @@ def test_sequence_runs_without_viewer(harness, browsers):
     assert 'data-running="true"' in page
     assert "sse-connect" in page
 
+    # The full log of a sequence that is still running numbers its jobs out of the whole sequence.
+    first_job = min(harness.jobs_tagged(tag), key=lambda job: job.submitted_at)
+    download = browser.client.get(harness.urls["main"].log, params={"job_id": first_job.id})
+    assert download.status_code == 200
+    assert f"=== Job 1 of 3 ({first_job.id}) ===" in download.text
+    assert " of 2 (" not in download.text
+
     wait_until(lambda: harness.calls_of(browser.session_id), description="on_complete")
     wait_until(lambda: sequence_done(harness, browser.session_id), description="the sequence to end")
     time.sleep(0.3)  # a second call would come right after the first
@@ -581,6 +588,23 @@ def test_stream_framing(harness, browsers):
     assert "heartbeat" in comments
     final = events[-2].data
     assert is_inert_connection(final, harness.ids["main"].sse_connection)
+
+
+def test_finishing_drops_cancel_before_final_update(harness, browsers):
+    # The job prints last, so the runner waits for its held-back stdout before the final update.
+    browser = browsers()
+    harness.plans[browser.session_id] = [[["progress", 0.5, "working"], ["sleep", 0.5], ["print", "last words"]]]
+    job_id = job_id_of(browser.trigger())
+    footer_id = harness.ids["main"].modal_footer
+    with browser.stream(job_id) as stream:
+        events = read_until_done(stream)
+    final_index = next(i for i, event in enumerate(events) if 'data-status="completed"' in event.data)
+    finishing = [i for i, event in enumerate(events[:final_index])
+                 if f'id="{footer_id}"' in event.data and "data-jm-cancel" not in event.data]
+    assert finishing, "no update took Cancel away before the final one"
+    assert ">Finishing<" in events[finishing[0]].data
+    assert 'data-running="0"' in events[finishing[0]].data, "the elapsed time still ticks while the job finishes"
+    assert "last words" in "".join(event.data for event in events)
 
 
 def test_keep_trigger_and_keyboard(harness, browsers):

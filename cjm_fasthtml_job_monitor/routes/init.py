@@ -325,6 +325,7 @@ class _SequenceRunner:
         self.error_message: Optional[str] = None  # Failure that the job itself does not carry
         self.first_started_at: Optional[float] = None
         self.ending = False  # Set when the terminal step starts
+        self.wrapping_up = False  # Set when the outcome is known and the last job's final log lines are read
         self.outcome: Optional[str] = None  # Final status, set when the final update is published
         self.outcome_stored = False  # True while an outcome record of this sequence waits in the state store
         self.finished = asyncio.Event()
@@ -368,6 +369,7 @@ class _SequenceRunner:
             if outcome is None:  # the next job starts while the last lines of this one are read
                 error = await self._submit_next()
                 if error is not None: outcome = "failed"
+            if outcome is not None: self._wrap_up()
             await self._drain_logs(ended_job_id)
             if outcome is not None:
                 return await self._finish(outcome, error=error)
@@ -469,6 +471,13 @@ class _SequenceRunner:
         self.channel.add_log_lines(lines)
         return count
 
+    def _wrap_up(self) -> None:
+        "Show that the sequence is finishing: no Cancel, the elapsed time frozen, while the last log lines arrive."
+        # Reading them takes up to _LOG_DRAIN_S; until the final update the status stays active (see above).
+        self.wrapping_up = True
+        self.publish_progress()
+        self.publish_footer()
+
     async def _finish(self, status: str, error: Optional[str] = None) -> None:
         if self.ending: return
         self.ending = True
@@ -512,10 +521,15 @@ def progress_value(self: _SequenceRunner, status: str) -> float:
 def display_message(self: _SequenceRunner, status: str) -> str:
     view = self.view
     if status == "completed" and self.total > 1: return f"Completed {self.total} jobs"
-    if self.ending and self.outcome is None: message = "Finishing"
+    if (self.ending or self.wrapping_up) and self.outcome is None: message = "Finishing"
     else: message = clean_log_text(view.message, MAX_MESSAGE_CHARS) if view else "Waiting to start"
     if self.label() and status not in TERMINAL_STATUSES: message = f"{self.label()}: {message}"
     return message
+
+@patch
+def cancellable(self: _SequenceRunner) -> bool:
+    "Return whether the footer offers Cancel: only until the sequence's outcome is known."
+    return self.outcome is None and not self.wrapping_up
 
 @patch
 def display_error(self: _SequenceRunner, status: str) -> Optional[str]:
@@ -525,7 +539,7 @@ def display_error(self: _SequenceRunner, status: str) -> Optional[str]:
 
 @patch
 def completed_at(self: _SequenceRunner) -> Optional[float]:
-    if self.outcome is None: return None
+    if self.outcome is None and not self.wrapping_up: return None
     return (self.view.completed_at if self.view else None) or time.time()
 
 # %% ../../nbs/routes/init.ipynb #1e6b8c42
@@ -562,7 +576,7 @@ def render_stat(self: _SequenceRunner, name: str) -> str:
 
 @patch
 def render_footer(self: _SequenceRunner) -> str:
-    return _xml(render_footer_oob(self.hub.ids, self.hub.urls, is_active=self.outcome is None, job_id=self.job_id))
+    return _xml(render_footer_oob(self.hub.ids, self.hub.urls, is_active=self.cancellable(), job_id=self.job_id))
 
 @patch
 def render_log_append(self: _SequenceRunner, rendered_lines: Sequence[str]) -> str:
@@ -618,7 +632,8 @@ def publish_progress(self: _SequenceRunner) -> None:
     state = _progress_state(status, self.progress_value(status), self.display_message(status),
                             error_message=self.display_error(status), label=self.label(), eta_s=self.eta_s)
     self.progress_state = state
-    self.channel.set_part("progress", _progress_layout(state), self.render_progress)
+    # Wrapping up freezes the elapsed time, which only the whole tab carries.
+    self.channel.set_part("progress", (_progress_layout(state), self.wrapping_up), self.render_progress)
     for name in _PROGRESS_PARTS:
         self.channel.set_part(f"progress.{name}", _progress_part_key(state, name),
                               partial(self.render_progress_part, name))
@@ -626,7 +641,7 @@ def publish_progress(self: _SequenceRunner) -> None:
 @patch
 def publish_footer(self: _SequenceRunner) -> None:
     "Record the footer's state: whether Cancel shows, and the job it cancels."
-    self.channel.set_part("footer", (self.outcome is None, self.job_id), self.render_footer)
+    self.channel.set_part("footer", (self.cancellable(), self.job_id), self.render_footer)
 
 @patch
 def publish_resources(self: _SequenceRunner) -> None:
@@ -949,10 +964,11 @@ def _full_log_text(service: JobMonitorService, job_id: str) -> str:
         lines.extend(line.format() for line in batch)
     return "\n".join(lines) + ("\n" if lines else "")
 
-def _sequence_log_text(service: JobMonitorService, job_ids: Sequence[str]) -> str:
+def _sequence_log_text(service: JobMonitorService, job_ids: Sequence[str], total: Optional[int] = None) -> str:
     "Join the logs of a sequence's jobs, each under a header line; a single job's log has no header."
-    if len(job_ids) == 1: return _full_log_text(service, job_ids[0])
-    parts = [f"=== Job {i} of {len(job_ids)} ({job_id}) ===\n{_full_log_text(service, job_id)}"
+    total = max(total or 0, len(job_ids))  # a running sequence has submitted only some of its jobs
+    if total == 1: return _full_log_text(service, job_ids[0])
+    parts = [f"=== Job {i} of {total} ({job_id}) ===\n{_full_log_text(service, job_id)}"
              for i, job_id in enumerate(job_ids, start=1)]
     return "\n".join(parts)
 
@@ -1107,8 +1123,10 @@ def init_job_monitor_routes(
         if not job_id or not hub.owns_job(session_id, job_id):
             return Response("This session has no job with that id.", status_code=404, media_type="text/plain")
         runner = hub.runners.get(session_id) or hub.finished.get(session_id)
-        sequence = list(runner.job_ids) if runner is not None and job_id in runner.job_ids else [job_id]
-        text = await asyncio.to_thread(_sequence_log_text, monitor_service, sequence)
+        in_sequence = runner is not None and job_id in runner.job_ids
+        sequence = list(runner.job_ids) if in_sequence else [job_id]
+        total = runner.total if in_sequence else 1
+        text = await asyncio.to_thread(_sequence_log_text, monitor_service, sequence, total)
         # nosniff: a browser must never read a log that contains markup as HTML.
         return Response(_SURROGATE.sub("\ufffd", text), media_type="text/plain; charset=utf-8",
                         headers={"Content-Disposition": f'attachment; filename="job-{job_id[:8]}.log"',

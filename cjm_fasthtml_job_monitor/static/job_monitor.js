@@ -181,10 +181,30 @@
       state.scrollTop = container.scrollTop;
     }
     trimLines(container, lines, parseInt(container.getAttribute("data-limit"), 10));
-    var empty = container.querySelector("[data-jm-log-empty]");
-    if (empty) empty.hidden = lines.childElementCount > 0;
+    updateEmptyNotice(container);
     if (state.following) scrollToEnd(container);
     else setJumpVisible(container, true);
+  }
+
+  // Levels that each filter of the log view hides, as job_monitor.css hides them.
+  var HIDDEN_LEVELS = { all: [], info: ["debug"], warning: ["debug", "info"] };
+
+  // Show the notice when no line is visible: none arrived yet, or the level filter hides them all.
+  function updateEmptyNotice(container) {
+    var empty = container.querySelector("[data-jm-log-empty]");
+    var lines = container.querySelector("[data-jm-log-lines]");
+    if (!empty || !lines) return;
+    var hidden = HIDDEN_LEVELS[container.getAttribute("data-filter")] || [];
+    var total = lines.childElementCount, shown = total;
+    if (hidden.length) {
+      shown = 0;
+      for (var line = lines.firstElementChild; line; line = line.nextElementSibling) {
+        if (hidden.indexOf(line.getAttribute("data-level")) < 0) shown++;
+      }
+    }
+    empty.hidden = shown > 0;
+    empty.textContent = total === 0 ? "No log output yet." :
+      "No lines at this level yet. Show all levels to see " + (total === 1 ? "the other line." : "the " + total + " other lines.");
   }
 
   function initLog(container) {
@@ -426,6 +446,7 @@
       if (container) {
         logStateOf(container).filter = target.value;
         container.setAttribute("data-filter", target.value);
+        updateEmptyNotice(container);
         placeLog(container);
       }
     }

@@ -74,7 +74,8 @@ def test_demo_modal_round_trip(page: Page, page_log: PageLog, serve_app, tmp_pat
 
     # The chosen tab survives the real updates and a close and reopen.
     page.locator(f"#{ids.tab_button('logs')}").click()
-    expect(page.locator(f"#{ids.log_lines}")).to_contain_text(f"Found {SOURCE_FILES} entries", timeout=UI_TIMEOUT_MS)
+    expect(page.locator(f"#{ids.log_lines}")).to_contain_text(f"Found {SOURCE_FILES} files and folders",
+                                                              timeout=UI_TIMEOUT_MS)
     percent = page.locator(f"#{ids.tab_progress} [data-jm-progress]").get_attribute("data-percent")
     page.wait_for_function("([id, before]) => document.querySelector(`#${id} [data-jm-progress]`).dataset.percent !== before",
                            arg=[ids.tab_progress, percent], timeout=UI_TIMEOUT_MS)
@@ -89,7 +90,7 @@ def test_demo_modal_round_trip(page: Page, page_log: PageLog, serve_app, tmp_pat
     href = page.get_by_role("link", name="Download full log").get_attribute("href")
     response = page.request.get(server.url(href))
     assert response.status == 200, response.status
-    assert f"Found {SOURCE_FILES} entries" in response.text()
+    assert f"Found {SOURCE_FILES} files and folders" in response.text()
 
     page.add_script_tag(path=str(AXE_PATH))
     audit(page, "demo, logs tab while running")

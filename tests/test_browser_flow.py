@@ -191,7 +191,7 @@ def test_run_to_completion(page: Page, page_log: PageLog, demo, source_folder: P
     # Logs: this job's lines, from the plugin's logger and its flushed prints.
     open_tab(page, ids, "logs")
     log_lines = page.locator(f"#{ids.log_lines}")
-    expect(log_lines).to_contain_text(f"Found {SOURCE_FILES} entries", timeout=UI_TIMEOUT_MS)
+    expect(log_lines).to_contain_text(f"Found {SOURCE_FILES} files and folders", timeout=UI_TIMEOUT_MS)
     expect(log_lines).to_contain_text(f"Packing {source_folder}")
     expect(log_lines).to_contain_text(re.compile(r"Added file-\d\d\.bin"), timeout=UI_TIMEOUT_MS)
     save_screenshot(page, "browser-flow-logs-tab")

@@ -115,8 +115,9 @@ def render_results(results: Optional[Sequence[dict]]) -> Any:
     for r in results:
         if not isinstance(r, dict): continue
         source = f" from {to_display_text(str(r['source']))}" if r.get("source") else ""
+        files = r.get("files", 0)
         items.append(Li(Strong(to_display_text(str(r.get("archive", "?")))),
-                        Span(f"{source}: {r.get('files', 0)} files, {_format_bytes(r.get('bytes_in'))} in, "
+                        Span(f"{source}: {files} file{'' if files == 1 else 's'}, {_format_bytes(r.get('bytes_in'))} in, "
                              f"{_format_bytes(r.get('bytes_out'))} archived"
                              + (f", {r.get('skipped')} skipped" if r.get("skipped") else ""))))
     return Div(H2("Archives", cls="font-semibold"), Ul(*items, cls="list-disc ml-6"), id=RESULTS_ID)

@@ -14,6 +14,7 @@ import importlib
 import json
 import logging
 import os
+import re
 import site
 import stat
 import sys
@@ -38,7 +39,7 @@ from .. import __version__
 
 # %% auto #0
 __all__ = ['logger', 'ARCHIVE_PLUGIN_NAME', 'DEFAULT_XZ_PRESET', 'DEFAULT_EXCLUDE', 'READ_CHUNK_BYTES', 'PATH_BYTES_KEY',
-           'to_display_text', 'path_to_job_arg', 'path_from_job_arg', 'SourceEntry', 'ArchivePlugin',
+           'to_display_text', 'to_display_name', 'path_to_job_arg', 'path_from_job_arg', 'SourceEntry', 'ArchivePlugin',
            'write_plugin_manifest']
 
 # %% ../../nbs/demo/plugin.ipynb #b2853452
@@ -64,6 +65,15 @@ def to_display_text(
     except UnicodeEncodeError:  # a surrogate that no undecodable byte maps to, such as "\ud800" from JSON
         return text.encode("utf-8", "backslashreplace").decode("utf-8")
     return raw.decode("utf-8", "backslashreplace")
+
+# C0 and C1 control characters and the Unicode line and paragraph separators: a file name may hold any of them.
+_CONTROL_CHARS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+def to_display_name(
+    value: str | bytes | os.PathLike,  # File name or path
+) -> str:  # One line of text: `to_display_text`, with control characters as \xNN or \uNNNN escapes
+    "Convert a file name to one line of display text, so a newline in a name cannot start a fake log line."
+    return _CONTROL_CHARS.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), to_display_text(value))
 
 def path_to_job_arg(
     path: str | os.PathLike,  # Path to send to the worker
@@ -251,8 +261,10 @@ def execute(
 
     self.report_progress(-1.0, f"Scanning {to_display_text(root)}")
     entries, scan_errors = _scan_source(root, self.exclude, frozenset({archive, partial}), self.check_cancel)
-    for arcname, reason in scan_errors: logger.warning("Skipped unreadable folder %s: %s", arcname, reason)
-    logger.info("Found %d entries (%s bytes) in %s", len(entries), f"{sum(e.size for e in entries):,}", root)
+    for arcname, reason in scan_errors:
+        logger.warning("Skipped unreadable folder %s: %s", to_display_name(arcname), reason)
+    logger.info("Found %d files and folders (%s bytes) in %s", len(entries), f"{sum(e.size for e in entries):,}",
+                to_display_name(root))
     print(f"Packing {to_display_text(root)} into {to_display_text(archive)} (xz preset {self.preset})", flush=True)
 
     started = time.monotonic()
@@ -301,23 +313,23 @@ def _pack(
                 tar.add(entry.path, arcname=entry.arcname, recursive=False)
                 continue
             if entry.kind == "other":
-                logger.warning("Skipped %s: not a regular file, folder or symlink", entry.arcname)
+                logger.warning("Skipped %s: not a regular file, folder or symlink", to_display_name(entry.arcname))
                 skipped += 1
                 continue
 
             index += 1
-            stage = f"Compressing {index:,} of {n_files:,} files: {to_display_text(entry.arcname)}"
+            stage = f"Compressing {index:,} of {n_files:,} files: {to_display_name(entry.arcname)}"
             self.report_progress(min(done_bytes / total_bytes, 1.0) if total_bytes else index / n_files, stage)
             if entry.kind == "symlink":
                 tar.add(entry.path, arcname=entry.arcname, recursive=False)
-                logger.info("Added %s (symlink)", entry.arcname)
+                logger.info("Added %s (symlink)", to_display_name(entry.arcname))
                 files += 1
                 continue
 
             try:
                 raw = self._open_file(entry.path)
             except OSError as err:
-                logger.warning("Skipped unreadable file %s: %s", entry.arcname, err.strerror or err)
+                logger.warning("Skipped unreadable file %s: %s", to_display_name(entry.arcname), err.strerror or err)
                 skipped += 1
                 done_bytes += entry.size
                 continue
@@ -325,7 +337,7 @@ def _pack(
                 info = tar.gettarinfo(str(entry.path), arcname=entry.arcname, fileobj=raw)
                 tar.addfile(info, _ProgressReader(raw, on_read))
             done_bytes += entry.size - info.size  # the file may have changed size since the scan
-            logger.info("Added %s (%s bytes)", entry.arcname, f"{info.size:,}")
+            logger.info("Added %s (%s bytes)", to_display_name(entry.arcname), f"{info.size:,}")
             files += 1
             bytes_in += info.size
     return {"files": files, "bytes_in": bytes_in, "skipped": skipped}

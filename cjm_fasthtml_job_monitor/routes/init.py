@@ -316,7 +316,7 @@ class _SequenceRunner:
         self.results: List[Any] = list(results or [])
         self.channel = _Channel(log_buffer=max(hub.config.log_dom_limit, hub.config.log_lines))
         self.view: Optional[JobView] = None
-        self.progress_state: Optional[_ProgressState] = None  # What the channel's progress parts show
+        self.progress_state: Optional[_ProgressState] = None  # Progress tab state that the channel's progress parts show
         self.history = _History()
         self.resources: Optional[ResourceSnapshot] = None
         self.eta = _EtaEstimator()

@@ -124,7 +124,7 @@ def _render_status_badge(
 class _ProgressState(NamedTuple):
     "What the progress tab shows, normalised from `render_progress_tab`'s arguments."
     status: str  # Normalised status
-    terminal: bool  # The job is over: its status is terminal, or the caller said it ended
+    terminal: bool  # True when the job is over, because its status is terminal or the caller passed `ended`
     fraction: Optional[float]  # 0.0 to 1.0, or None for an indeterminate bar
     message: str  # Stage message; "" shows none
     eta: str  # Time-remaining sentence; "" shows none

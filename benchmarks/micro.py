@@ -3,7 +3,7 @@
 Rendering uses the library's components the way the SSE routes use them
 (`routes/init.py`, `_SequenceRunner.render_*` and `update_since`). While the
 status stays the same, an update carries only the changed parts of the
-progress tab; the largest such update of the logging job is its bar, message
+progress tab. The largest such update of the logging job is its bar, message
 and estimate as out-of-band swaps plus two new log lines as an out-of-band
 append, framed as one SSE message. A status change sends the whole progress
 tab. The log-tail timings use a real worker, queue and `JobMonitorService`,

@@ -255,13 +255,13 @@ def test_odd_progress_through_worker(harness: AppHarness, client: SessionClient,
 
     # While the status stays the same the stream swaps the bar and the message on their own, and only what
     # changed: replay the events in order and read the bar shown when each report's message arrives.
-    seen, shown = {}, "unset"
+    seen, bar_on_page = {}, "unset"
     for event in events:
         if f'id="{IDS.progress_bar}"' in event.data:
-            shown = bar_percent(event.data)
+            bar_on_page = bar_percent(event.data)
         for index, (value, percent) in enumerate(WORKER_REPORTS):
             if f">report-{index}<" in event.data:
-                seen[index] = shown
+                seen[index] = bar_on_page
     missing = [WORKER_REPORTS[i][0] for i in range(len(WORKER_REPORTS)) if i not in seen]
     assert not missing, f"no update showed the reports of {missing}; the poll may have missed them"
     for index, (value, percent) in enumerate(WORKER_REPORTS):

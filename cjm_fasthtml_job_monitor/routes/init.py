@@ -473,7 +473,8 @@ class _SequenceRunner:
 
     def _wrap_up(self) -> None:
         "Show that the sequence is finishing: no Cancel, the elapsed time frozen, while the last log lines arrive."
-        # Reading them takes up to _LOG_DRAIN_S; until the final update the status stays active (see above).
+        # Reading them takes up to _LOG_DRAIN_S. The status stays active until the final update, so the page title
+        # and the notification report the outcome only once the callback has run.
         self.wrapping_up = True
         self.publish_progress()
         self.publish_footer()

@@ -195,14 +195,14 @@
     var lines = container.querySelector("[data-jm-log-lines]");
     if (!empty || !lines) return;
     var hidden = HIDDEN_LEVELS[container.getAttribute("data-filter")] || [];
-    var total = lines.childElementCount, shown = total;
+    var total = lines.childElementCount, visible = total;
     if (hidden.length) {
-      shown = 0;
+      visible = 0;
       for (var line = lines.firstElementChild; line; line = line.nextElementSibling) {
-        if (hidden.indexOf(line.getAttribute("data-level")) < 0) shown++;
+        if (hidden.indexOf(line.getAttribute("data-level")) < 0) visible++;
       }
     }
-    empty.hidden = shown > 0;
+    empty.hidden = visible > 0;
     empty.textContent = total === 0 ? "No log output yet." :
       "No lines at this level yet. Show all levels to see " + (total === 1 ? "the other line." : "the " + total + " other lines.");
   }
